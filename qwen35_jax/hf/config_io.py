@@ -1,0 +1,109 @@
+"""transformers ``config.json`` ↔ ``ModelConfig`` (spec §4; HF-C field names)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_MROPE_SECTION = (11, 11, 10)  # what HF falls back to when a Qwen3.5 config omits it (spec §2.3.1)
+TEXT_MODEL_TYPES = {"qwen3_5_text": "qwen3_5", "qwen3_5_moe_text": "qwen3_5", "qwen3_next": "qwen3_next"}
+VL_MODEL_TYPES = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text"}
+# Fields copied verbatim when present (HF name == our name).
+PLAIN_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "intermediate_size", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+    "linear_value_head_dim", "linear_conv_kernel_dim", "full_attention_interval", "num_experts",
+    "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size", "norm_topk_prob",
+    "router_aux_loss_coef", "max_position_embeddings", "rms_norm_eps", "hidden_act", "attention_bias",
+    "attn_output_gate", "mtp_num_hidden_layers", "mtp_use_dedicated_embeddings", "bos_token_id", "eos_token_id",
+    "pad_token_id",
+)
+TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+VISION_FIELDS = ("depth", "hidden_size", "intermediate_size", "num_heads", "patch_size", "temporal_patch_size",
+                 "spatial_merge_size", "in_channels", "out_hidden_size", "num_position_embeddings", "hidden_act")
+
+
+def _rope_fields(text: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    out = {
+        "rope_theta": float(rope.get("rope_theta", text.get("rope_theta", 10000.0))),
+        "partial_rotary_factor": float(rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 1.0))),
+    }
+    if rope.get("rope_type", "default") != "default":
+        raise NotImplementedError(f"rope_type={rope['rope_type']!r} is not supported (only 'default')")
+    if variant == "qwen3_next":
+        out["mrope_section"] = None
+    else:
+        out["mrope_section"] = tuple(rope.get("mrope_section") or DEFAULT_MROPE_SECTION)
+    return out
+
+
+def model_config_kwargs_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``ModelConfig`` for a transformers config dict (VL or text-only)."""
+    model_type = hf.get("model_type")
+    if model_type in VL_MODEL_TYPES:
+        text, vision = dict(hf["text_config"]), hf.get("vision_config")
+        top = hf
+    elif model_type in TEXT_MODEL_TYPES:
+        text, vision, top = dict(hf), None, hf
+    else:
+        known = sorted(VL_MODEL_TYPES) + sorted(TEXT_MODEL_TYPES)
+        raise ValueError(f"config.json model_type={model_type!r} is not a Qwen3.5 / Qwen3-Next config; expected one "
+                         f"of {known}")
+    variant = TEXT_MODEL_TYPES[text.get("model_type", VL_MODEL_TYPES.get(model_type, model_type))]
+    if variant == "qwen3_next":
+        if text.get("decoder_sparse_step", 1) != 1 or text.get("mlp_only_layers"):
+            raise NotImplementedError("Qwen3-Next configs with dense layers (decoder_sparse_step != 1 or "
+                                      "mlp_only_layers) are not supported: every released checkpoint is all-MoE")
+    kwargs: dict[str, Any] = {name: text[name] for name in PLAIN_FIELDS if name in text}
+    kwargs.setdefault("mtp_num_hidden_layers", 0)
+    kwargs["variant"] = variant
+    kwargs["layer_types"] = tuple(text["layer_types"]) if text.get("layer_types") else None
+    kwargs["tie_word_embeddings"] = bool(top.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    kwargs.update(_rope_fields(text, variant))
+    for name in TOKEN_FIELDS:
+        if name in top:
+            kwargs[name] = top[name]
+    if vision is not None:
+        from qwen35_jax.config import VisionConfig
+
+        kwargs["vision"] = VisionConfig(**{name: vision[name] for name in VISION_FIELDS if name in vision})
+    return kwargs
+
+
+def hf_config_from_model_config(config: Any) -> dict[str, Any]:
+    """The transformers config dict for ``config`` (text-only ``*ForCausalLM`` or the VL wrapper)."""
+    moe = config.is_moe
+    text: dict[str, Any] = {name: getattr(config, name) for name in PLAIN_FIELDS}
+    if not moe:
+        for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                     "shared_expert_intermediate_size", "norm_topk_prob", "router_aux_loss_coef"):
+            text.pop(name)
+    text["layer_types"] = list(config.layer_types)
+    text["tie_word_embeddings"] = config.tie_word_embeddings
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": config.rope_theta,
+                               "partial_rotary_factor": config.partial_rotary_factor}
+    if config.eos_token_id is not None and not isinstance(config.eos_token_id, int):
+        text["eos_token_id"] = list(config.eos_token_id)
+    if config.variant == "qwen3_next":
+        text.update(model_type="qwen3_next", architectures=["Qwen3NextForCausalLM"], decoder_sparse_step=1,
+                    mlp_only_layers=[])
+        return text
+    text["rope_parameters"].update(mrope_section=list(config.mrope_section), mrope_interleaved=True)
+    text["model_type"] = "qwen3_5_moe_text" if moe else "qwen3_5_text"
+    if config.vision is None:
+        text["architectures"] = ["Qwen3_5MoeForCausalLM" if moe else "Qwen3_5ForCausalLM"]
+        return text
+    vision = dataclasses.asdict(config.vision)
+    vision["model_type"] = "qwen3_5_moe_vision" if moe else "qwen3_5_vision"
+    vision["deepstack_visual_indexes"] = []
+    out = {
+        "model_type": "qwen3_5_moe" if moe else "qwen3_5",
+        "architectures": ["Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"],
+        "text_config": text,
+        "vision_config": vision,
+        "tie_word_embeddings": config.tie_word_embeddings,
+    }
+    out.update({name: getattr(config, name) for name in TOKEN_FIELDS})
+    return out

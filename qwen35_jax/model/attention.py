@@ -1,0 +1,58 @@
+"""Gated full attention with QK-norm, GQA and partial mRoPE (spec §2.3)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.model.norms import RMSNorm
+from qwen35_jax.model.params import dense, make_param
+from qwen35_jax.model.rope import apply_partial_rope
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """``[B, 1, T, T]`` boolean: causal and within the same segment (packed documents, padding = its own segment)."""
+    length = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (causal[None] & same)[:, None]
+
+
+class GatedAttention(nnx.Module):
+    """``o_proj((softmax(q kᵀ/√hd) v) ⊙ σ(gate))`` with the gate produced by ``q_proj`` next to each query head."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        h, nq, nkv, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        pdt = jnp.dtype(config.param_dtype)
+        self.head_dim = hd
+        # q_proj output per head is [query (hd) | gate (hd)] (per-head interleave, spec §2.3).
+        self.q_proj = make_param(rngs, (h, nq, 2 * hd), ("embed", "q_heads", "head_dim"), pdt)
+        self.k_proj = make_param(rngs, (h, nkv, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.v_proj = make_param(rngs, (h, nkv, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.o_proj = make_param(rngs, (nq, hd, h), ("q_heads", "head_dim", "embed"), pdt)
+        self.q_norm = RMSNorm(hd, config.rms_norm_eps, param_dtype=pdt, rngs=rngs, axis_name="head_dim")
+        self.k_norm = RMSNorm(hd, config.rms_norm_eps, param_dtype=pdt, rngs=rngs, axis_name="head_dim")
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        query_gate = dense(x, self.q_proj, "bte,ehd->bthd")
+        query, gate = query_gate[..., : self.head_dim], query_gate[..., self.head_dim:]
+        query = apply_partial_rope(self.q_norm(query), cos, sin)
+        key = apply_partial_rope(self.k_norm(dense(x, self.k_proj, "bte,ehd->bthd")), cos, sin)
+        value = dense(x, self.v_proj, "bte,ehd->bthd")
+        out = multihead_attention(query, key, value, attention_mask(segment_ids))
+        out = out * jax.nn.sigmoid(gate)
+        return dense(out, self.o_proj, "bthd,hde->bte")
+
+
+def multihead_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax attention, GQA by grouping query heads per kv head (no repeated k/v); logits and softmax in fp32."""
+    batch, length, nq, hd = query.shape
+    nkv = key.shape[2]
+    q = query.reshape(batch, length, nkv, nq // nkv, hd)
+    logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, key, preferred_element_type=jnp.float32) * (hd ** -0.5)
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, value, preferred_element_type=jnp.float32)
+    return out.reshape(batch, length, nq, hd).astype(query.dtype)

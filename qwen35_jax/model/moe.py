@@ -1,0 +1,101 @@
+"""Sparse MoE block with a gated shared expert (spec §2.7) and its load-balancing statistics (spec §3).
+
+Single-device dropless path: the (token, expert) assignments are sorted by expert and run through grouped matmuls
+(``jax.lax.ragged_dot``), so no token is dropped and no capacity is padded. The expert-parallel shard_map paths
+build on the same routing in ``qwen35_jax.parallel``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.model.mlp import MLP
+from qwen35_jax.model.params import dense, make_param
+
+
+class RouterStats(NamedTuple):
+    """Per-layer sums for the pooled aux loss: Σ_n m_n·1[e ∈ topk_n], Σ_n m_n·p_{n,e}, Σ_n m_n."""
+
+    assignments: jax.Array  # [E] fp32
+    probabilities: jax.Array  # [E] fp32
+    tokens: jax.Array  # [] fp32
+
+    @staticmethod
+    def zeros(num_experts: int) -> RouterStats:
+        return RouterStats(jnp.zeros((num_experts,), jnp.float32), jnp.zeros((num_experts,), jnp.float32),
+                           jnp.zeros((), jnp.float32))
+
+
+def load_balancing_loss(stats: RouterStats) -> jax.Array:
+    """``E · Σ_e f_e · P_e`` with f and P pooled over layers and tokens (equals top_k at perfect balance)."""
+    denom = jnp.maximum(stats.tokens, 1.0)
+    num_experts = stats.assignments.shape[-1]
+    return num_experts * jnp.sum((stats.assignments / denom) * (stats.probabilities / denom))
+
+
+def route(logits: jax.Array, top_k: int, normalize: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Softmax (fp32) → top-k → optional renormalisation. Returns (probs [N,E], weights [N,k], experts [N,k])."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, top_k)
+    if normalize:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return probs, weights, experts
+
+
+def grouped_swiglu(x_sorted: jax.Array, group_sizes: jax.Array, gate: jax.Array, up: jax.Array,
+                   down: jax.Array) -> jax.Array:
+    """SwiGLU of each row with its expert's weights; rows are sorted by expert, ``group_sizes[e]`` rows each."""
+    dt = x_sorted.dtype
+    h_gate = jax.lax.ragged_dot(x_sorted, gate.astype(dt), group_sizes, preferred_element_type=jnp.float32)
+    h_up = jax.lax.ragged_dot(x_sorted, up.astype(dt), group_sizes, preferred_element_type=jnp.float32)
+    hidden = (jax.nn.silu(h_gate) * h_up).astype(dt)
+    return jax.lax.ragged_dot(hidden, down.astype(dt), group_sizes, preferred_element_type=jnp.float32).astype(dt)
+
+
+class SparseMoE(nnx.Module):
+    """Routed experts (softmax → top-k → renormalise) plus a sigmoid-gated shared expert."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        h, e, i = config.hidden_size, config.num_experts, config.moe_intermediate_size
+        pdt = jnp.dtype(config.param_dtype)
+        self.top_k = config.num_experts_per_tok
+        self.normalize = config.norm_topk_prob
+        self.router = make_param(rngs, (h, e), ("embed", None), pdt)
+        self.experts_gate = make_param(rngs, (e, h, i), ("expert", "embed", "expert_mlp"), pdt)
+        self.experts_up = make_param(rngs, (e, h, i), ("expert", "embed", "expert_mlp"), pdt)
+        self.experts_down = make_param(rngs, (e, i, h), ("expert", "expert_mlp", "embed"), pdt)
+        shared = config.shared_expert_intermediate_size
+        self.shared_expert = nnx.data(MLP(h, shared, param_dtype=pdt, rngs=rngs) if shared else None)
+        self.shared_expert_gate = nnx.data(make_param(rngs, (h, 1), ("embed", None), pdt) if shared else None)
+
+    def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, RouterStats]:
+        batch, length, hidden = x.shape
+        num_experts = self.router.shape[-1]
+        tokens = x.reshape(-1, hidden)
+        logits = dense(tokens, self.router, "ne,ex->nx")  # model dtype, like the reference (spec §7.7)
+        probs, weights, experts = route(logits, self.top_k, self.normalize)
+
+        flat_experts = experts.reshape(-1)
+        order = jnp.argsort(flat_experts, stable=True)
+        token_of = order // self.top_k
+        group_sizes = jnp.bincount(flat_experts, length=num_experts).astype(jnp.int32)
+        out_sorted = grouped_swiglu(tokens[token_of], group_sizes, self.experts_gate[...], self.experts_up[...],
+                                    self.experts_down[...])
+        # Undo the sort, weight each of the k expert outputs and sum them per token.
+        per_assignment = jnp.zeros_like(out_sorted).at[order].set(out_sorted).reshape(-1, self.top_k, hidden)
+        routed = jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights).astype(x.dtype)
+
+        if self.shared_expert is not None:
+            shared_gate = jax.nn.sigmoid(dense(tokens, self.shared_expert_gate, "ne,eo->no"))
+            routed = routed + shared_gate * self.shared_expert(tokens)
+
+        mask = token_mask.reshape(-1).astype(jnp.float32)
+        hits = jnp.zeros((tokens.shape[0], num_experts), jnp.float32).at[
+            jnp.arange(tokens.shape[0])[:, None], experts].add(1.0)
+        stats = RouterStats(assignments=mask @ hits, probabilities=mask @ probs, tokens=jnp.sum(mask))
+        return routed.reshape(batch, length, hidden), stats

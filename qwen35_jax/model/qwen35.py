@@ -1,0 +1,100 @@
+"""The Qwen3.5 / Qwen3-Next language model: embedding → scanned hybrid stack → final norm → LM head."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.model.decoder import DecoderStack, LayerInputs
+from qwen35_jax.model.moe import RouterStats, load_balancing_loss
+from qwen35_jax.model.mtp import MultiTokenPredictor
+from qwen35_jax.model.norms import RMSNorm
+from qwen35_jax.model.params import make_param
+from qwen35_jax.model.rope import rope_cos_sin
+from qwen35_jax.model.vision import VisionTower
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class CausalLMOutput:
+    logits: jax.Array  # [B, T, V] in the compute dtype
+    hidden_states: jax.Array  # [B, T, H] after the final norm
+    aux_loss: jax.Array  # [] fp32 load-balancing loss (spec §3), 0 for dense models
+    router_stats: RouterStats | None
+
+
+def check_token_ids(input_ids: jax.Array, vocab_size: int) -> None:
+    """Out-of-range ids would silently gather garbage under jit, so check concrete inputs here."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq]; got shape {input_ids.shape}")
+    if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+        raise ValueError(f"input_ids must be integers; got dtype {input_ids.dtype}")
+    if isinstance(input_ids, jax.core.Tracer):
+        return
+    ids = np.asarray(input_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        raise ValueError(f"token id(s) {sorted(set(bad.tolist()))[:8]} out of range [0, vocab_size={vocab_size}); "
+                         "check the tokenizer / vocabulary matches the model config")
+
+
+class Qwen35ForCausalLM(nnx.Module):
+    """Text model with optional MTP head and vision tower parameters (present when the config asks for them)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        pdt = jnp.dtype(config.param_dtype)
+        self.embed_tokens = make_param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pdt)
+        self.decoder = DecoderStack(config, rngs=rngs)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=pdt, rngs=rngs)
+        # Optional parts are explicit pytree data (nnx.data) so None and a module share one attribute status.
+        self.lm_head = nnx.data(None if config.tie_word_embeddings else make_param(
+            rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), pdt))
+        self.mtp = nnx.data(MultiTokenPredictor(config, rngs=rngs) if config.mtp_num_hidden_layers else None)
+        self.visual = nnx.data(VisionTower(config.vision, param_dtype=pdt, rngs=rngs) if config.vision else None)
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        return self.embed_tokens[...][input_ids].astype(jnp.dtype(self.config.dtype))
+
+    def unembed(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is None:
+            return jnp.einsum("bte,ve->btv", hidden, self.embed_tokens[...].astype(hidden.dtype),
+                              preferred_element_type=jnp.float32).astype(hidden.dtype)
+        return jnp.einsum("bte,ev->btv", hidden, self.lm_head[...].astype(hidden.dtype),
+                          preferred_element_type=jnp.float32).astype(hidden.dtype)
+
+    def layer_inputs(self, input_ids: jax.Array, segment_ids: jax.Array | None, positions: jax.Array | None,
+                     attention_mask: jax.Array | None) -> LayerInputs:
+        batch, length = input_ids.shape
+        if segment_ids is None:
+            # An HF-style 0/1 attention mask is a segmentation with padding as segment 0 (left padding then
+            # starts a fresh segment at the first real token: no GDN state or attention crosses the pad).
+            segment_ids = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
+        segment_ids = segment_ids.astype(jnp.int32)
+        if segment_ids.shape != (batch, length):
+            raise ValueError(f"segment_ids/attention_mask must be [batch, seq] = {(batch, length)}; "
+                             f"got {segment_ids.shape}")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        cos, sin = rope_cos_sin(self.config, positions, jnp.dtype(self.config.dtype))
+        return LayerInputs(cos=cos, sin=sin, segment_ids=segment_ids, token_mask=segment_ids != 0)
+
+    def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None,
+                 positions: jax.Array | None = None, attention_mask: jax.Array | None = None) -> CausalLMOutput:
+        """Logits for ``input_ids [B, T]``.
+
+        ``segment_ids [B, T]``: tokens with equal ids attend to and recur with each other only (packed documents);
+        0 marks padding. ``attention_mask`` (HF-style 1/0) is accepted instead. ``positions``: ``[B, T]`` text
+        positions or ``[3, B, T]`` multimodal (T, H, W) rows; default ``arange(T)``.
+        """
+        check_token_ids(input_ids, self.config.vocab_size)
+        inputs = self.layer_inputs(input_ids, segment_ids, positions, attention_mask)
+        x, stats = self.decoder(self.embed(input_ids), inputs)
+        hidden = self.norm(x)
+        aux = jnp.zeros((), jnp.float32) if stats is None else load_balancing_loss(stats)
+        return CausalLMOutput(logits=self.unembed(hidden), hidden_states=hidden, aux_loss=aux, router_stats=stats)

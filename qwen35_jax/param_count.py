@@ -1,0 +1,43 @@
+"""Parameter counts computed from the model definition itself (abstract init: no memory is allocated)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from flax import nnx
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.model import Qwen35ForCausalLM
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    text: int
+    vision: int
+    mtp: int
+    active_text: int  # non-expert text weights + top-k routed experts (spec §5 "active text incl. emb+head")
+    input_embedding: int
+
+    @property
+    def active_text_without_input_embedding(self) -> int:
+        return self.active_text - self.input_embedding
+
+
+def count_parameters(config: ModelConfig) -> ParamCounts:
+    abstract = nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))
+    parts = {"text": 0, "vision": 0, "mtp": 0}
+    routed = 0
+    for path, param in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        size = int(np.prod(param.shape))
+        part = {"visual": "vision", "mtp": "mtp"}.get(str(path[0]), "text")
+        parts[part] += size
+        if part == "text" and "expert" in (param.get_metadata().get("out_sharding") or ()):
+            routed += size
+    active = parts["text"] - routed
+    if config.is_moe:
+        active += routed * config.num_experts_per_tok // config.num_experts
+    embedding = config.vocab_size * config.hidden_size
+    return ParamCounts(total=sum(parts.values()), text=parts["text"], vision=parts["vision"], mtp=parts["mtp"],
+                       active_text=active, input_embedding=embedding)

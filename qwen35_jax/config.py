@@ -51,8 +51,8 @@ class VisionConfig:
                              f"{self.hidden_size}")
         side = math.isqrt(self.num_position_embeddings)
         if side * side != self.num_position_embeddings:
-            raise ValueError(f"VisionConfig.num_position_embeddings={self.num_position_embeddings} is invalid: must be a "
-                             "perfect square (the learned table is a square grid, e.g. 2304 = 48²)")
+            raise ValueError(f"VisionConfig.num_position_embeddings={self.num_position_embeddings} is invalid: must "
+                             "be a perfect square (the learned table is a square grid, e.g. 2304 = 48²)")
 
     @property
     def patch_dim(self) -> int:
@@ -159,16 +159,16 @@ class ModelConfig:
         if rotary <= 0 or rotary % 2 or rotary > self.head_dim:
             _fail("partial_rotary_factor", self.partial_rotary_factor,
                   f"head_dim * partial_rotary_factor must be a positive even number <= head_dim={self.head_dim}")
-        if self.mrope_section is not None:
-            if len(self.mrope_section) != 3 or sum(self.mrope_section) != rotary // 2:
-                _fail("mrope_section", self.mrope_section,
-                      f"needs 3 entries (T, H, W) summing to rotary_dim / 2 = {rotary // 2} "
-                      f"(head_dim={self.head_dim} * partial_rotary_factor={self.partial_rotary_factor} / 2)")
+        section = self.mrope_section
+        if section is not None and (len(section) != 3 or sum(section) != rotary // 2):
+            _fail("mrope_section", section, f"needs 3 entries (T, H, W) summing to rotary_dim / 2 = {rotary // 2} "
+                  f"(head_dim={self.head_dim} * partial_rotary_factor={self.partial_rotary_factor} / 2)")
         if self.num_experts < 0:
             _fail("num_experts", self.num_experts, "must be >= 0 (0 = dense FFN)")
         if self.is_moe:
             if not 0 < self.num_experts_per_tok <= self.num_experts:
-                _fail("num_experts_per_tok", self.num_experts_per_tok, f"must be in [1, num_experts={self.num_experts}]")
+                _fail("num_experts_per_tok", self.num_experts_per_tok,
+                      f"must be in [1, num_experts={self.num_experts}]")
             if self.moe_intermediate_size <= 0:
                 _fail("moe_intermediate_size", self.moe_intermediate_size, "must be positive for a MoE model")
             if self.shared_expert_intermediate_size < 0:

@@ -52,10 +52,9 @@ def model_config_kwargs_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"config.json model_type={model_type!r} is not a Qwen3.5 / Qwen3-Next config; expected one "
                          f"of {known}")
     variant = TEXT_MODEL_TYPES[text.get("model_type", VL_MODEL_TYPES.get(model_type, model_type))]
-    if variant == "qwen3_next":
-        if text.get("decoder_sparse_step", 1) != 1 or text.get("mlp_only_layers"):
-            raise NotImplementedError("Qwen3-Next configs with dense layers (decoder_sparse_step != 1 or "
-                                      "mlp_only_layers) are not supported: every released checkpoint is all-MoE")
+    if variant == "qwen3_next" and (text.get("decoder_sparse_step", 1) != 1 or text.get("mlp_only_layers")):
+        raise NotImplementedError("Qwen3-Next configs with dense layers (decoder_sparse_step != 1 or "
+                                  "mlp_only_layers) are not supported: every released checkpoint is all-MoE")
     kwargs: dict[str, Any] = {name: text[name] for name in PLAIN_FIELDS if name in text}
     kwargs.setdefault("mtp_num_hidden_layers", 0)
     kwargs["variant"] = variant

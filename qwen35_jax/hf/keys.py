@@ -53,7 +53,7 @@ def split_linear(hf: str, ours: tuple[Path, ...], shapes: tuple[tuple[int, ...],
 
     def to_ours(a: Arrays) -> Arrays:
         blocks = np.split(a[0], np.cumsum(sizes)[:-1], axis=0)
-        return [b.T.reshape(b.shape[1], *s) for b, s in zip(blocks, shapes)]
+        return [b.T.reshape(b.shape[1], *s) for b, s in zip(blocks, shapes, strict=True)]
 
     def to_hf(a: Arrays) -> Arrays:
         return [np.concatenate([w.reshape(w.shape[0], -1).T for w in a], axis=0)]
@@ -67,7 +67,8 @@ def split_conv(hf: str, ours: tuple[Path, ...], shapes: tuple[tuple[int, ...], .
 
     def to_ours(a: Arrays) -> Arrays:
         taps = a[0][:, 0, :].T  # [K, C]
-        return [b.reshape(b.shape[0], *s) for b, s in zip(np.split(taps, np.cumsum(sizes)[:-1], axis=1), shapes)]
+        parts = np.split(taps, np.cumsum(sizes)[:-1], axis=1)
+        return [b.reshape(b.shape[0], *s) for b, s in zip(parts, shapes, strict=True)]
 
     def to_hf(a: Arrays) -> Arrays:
         return [np.concatenate([w.reshape(w.shape[0], -1) for w in a], axis=1).T[:, None, :]]
@@ -81,7 +82,7 @@ def grouped_linear(hf: str, ours: tuple[Path, ...], parts: tuple[int, ...], grou
     def to_ours(a: Arrays) -> Arrays:
         w = a[0].reshape(groups, sum(parts), -1)
         blocks = np.split(w, np.cumsum(parts)[:-1], axis=1)  # each [groups, part, in]
-        return [b.reshape(-1, b.shape[-1]).T.reshape(b.shape[-1], *s) for b, s in zip(blocks, shapes)]
+        return [b.reshape(-1, b.shape[-1]).T.reshape(b.shape[-1], *s) for b, s in zip(blocks, shapes, strict=True)]
 
     def to_hf(a: Arrays) -> Arrays:
         blocks = [w.reshape(w.shape[0], groups, -1).transpose(1, 2, 0) for w in a]  # each [groups, part, in]
@@ -91,7 +92,8 @@ def grouped_linear(hf: str, ours: tuple[Path, ...], parts: tuple[int, ...], grou
 
 
 def fused_experts(prefix: str, ours: Path, moe_size: int) -> Rule:
-    """``experts.gate_up_proj [E, 2I, H]`` (gate rows first) + ``down_proj [E, H, I]`` ↔ ours ``[E,H,I]``×2, ``[E,I,H]``."""
+    """Hub ``experts.gate_up_proj [E, 2I, H]`` (gate rows first) + ``down_proj [E, H, I]`` ↔ ours gate/up
+    ``[E, H, I]`` and down ``[E, I, H]``."""
     def to_ours(a: Arrays) -> Arrays:
         gate_up, down = a
         return [gate_up[:, :moe_size].transpose(0, 2, 1), gate_up[:, moe_size:].transpose(0, 2, 1),

@@ -70,7 +70,7 @@ def state_from_hf_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], a
             shapes = [f"{name} {list(tensors[name].shape)}" for name in rule.hf]
             problems["mis-shaped tensors"].append(f"{', '.join(shapes)}: {e}")
             continue
-        for path, value in zip(rule.ours, converted):
+        for path, value in zip(rule.ours, converted, strict=True):
             target = _get(abstract_state, path)
             want = target.shape[1:] if stacked.block is not None else target.shape
             if tuple(value.shape) != tuple(want):

@@ -38,6 +38,13 @@ def load_balancing_loss(stats: RouterStats) -> jax.Array:
     return num_experts * jnp.sum((stats.assignments / denom) * (stats.probabilities / denom))
 
 
+def router_stats(probs: jax.Array, experts: jax.Array, token_mask: jax.Array) -> RouterStats:
+    """One layer's aux-loss sums from router probabilities ``[N, E]`` and chosen experts ``[N, k]``."""
+    mask = token_mask.astype(jnp.float32)
+    hits = jnp.zeros(probs.shape, jnp.float32).at[jnp.arange(probs.shape[0])[:, None], experts].add(1.0)
+    return RouterStats(assignments=mask @ hits, probabilities=mask @ probs, tokens=jnp.sum(mask))
+
+
 def route(logits: jax.Array, top_k: int, normalize: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Softmax (fp32) → top-k → optional renormalisation. Returns (probs [N,E], weights [N,k], experts [N,k])."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -94,8 +101,4 @@ class SparseMoE(nnx.Module):
             shared_gate = jax.nn.sigmoid(dense(tokens, self.shared_expert_gate, "ne,eo->no"))
             routed = routed + shared_gate * self.shared_expert(tokens)
 
-        mask = token_mask.reshape(-1).astype(jnp.float32)
-        hits = jnp.zeros((tokens.shape[0], num_experts), jnp.float32).at[
-            jnp.arange(tokens.shape[0])[:, None], experts].add(1.0)
-        stats = RouterStats(assignments=mask @ hits, probabilities=mask @ probs, tokens=jnp.sum(mask))
-        return routed.reshape(batch, length, hidden), stats
+        return routed.reshape(batch, length, hidden), router_stats(probs, experts, token_mask.reshape(-1))

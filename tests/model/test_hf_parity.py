@@ -33,11 +33,19 @@ def test_fp32_logits_match_transformers(hf_fixtures, case):
         assert abs(float(out.aux_loss) - float(reference["aux_loss"])) <= 1e-5
 
 
-@pytest.mark.parametrize("case", ["dense_untied", "moe", "next"])
-def test_bf16_top1_agrees_with_fp32(hf_fixtures, case):
+@pytest.mark.parametrize("case", ["dense_untied", "dense_tied", "moe", "next"])
+def test_bf16_is_as_close_to_fp32_as_the_reference_bf16(hf_fixtures, case):
+    """bf16 top-1 agreement with the fp32 reference, calibrated by transformers' own bf16 run of the same model.
+
+    These perturbed random models have flat, chaotic logits (bf16 moves them by ~0.4 at the 99th percentile), so
+    even transformers in bf16 agrees with its fp32 top-1 on only ~87-97 % of positions; we require ours to be
+    within 3 points of that and never non-finite.
+    """
     reference, out, valid = _run(hf_fixtures, case, dtype="bfloat16")
     logits = np.asarray(out.logits.astype(jnp.float32))
     assert np.isfinite(logits).all()
-    agree = (logits.argmax(-1) == reference["logits"].argmax(-1))[valid].mean()
-    print(f"{case}: bf16 top-1 agreement {agree:.4f}")
-    assert agree >= 0.99
+    top1 = reference["logits"].argmax(-1)
+    ours = (logits.argmax(-1) == top1)[valid].mean()
+    theirs = (reference["logits_bf16"].argmax(-1) == top1)[valid].mean()
+    print(f"{case}: bf16 top-1 agreement ours {ours:.4f}, transformers bf16 {theirs:.4f}")
+    assert ours >= theirs - 0.03

@@ -44,7 +44,7 @@ def test_remat_policies_give_identical_gradients(policy):
 
     plain = nnx.grad(loss)(_model())
     remat = nnx.grad(loss)(_model(remat_policy=policy))
-    for g1, g2 in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+    for g1, g2 in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
         np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 

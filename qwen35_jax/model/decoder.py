@@ -85,6 +85,9 @@ class DecoderStack(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.remat_policy = config.remat_policy
+        # Static hook: ``qwen35_jax.parallel.mesh.ActivationSharding`` constrains the residual stream [B, T, H]
+        # at every block boundary to the mesh's batch / sequence / embed sharding.
+        self.constrain_activations = None
 
         @nnx.split_rngs(splits=config.num_blocks)
         @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -97,6 +100,8 @@ class DecoderStack(nnx.Module):
         graphdef, state = nnx.split(self.blocks)
 
         def body(carry: jax.Array, block_state: nnx.State) -> tuple[jax.Array, RouterStats | None]:
+            if self.constrain_activations is not None:
+                carry = self.constrain_activations(carry)
             return nnx.merge(graphdef, block_state)(carry, inputs)
 
         if self.remat_policy != "none":

@@ -1,8 +1,9 @@
 """Sparse MoE block with a gated shared expert (spec §2.7) and its load-balancing statistics (spec §3).
 
 Single-device dropless path: the (token, expert) assignments are sorted by expert and run through grouped matmuls
-(``jax.lax.ragged_dot``), so no token is dropped and no capacity is padded. The expert-parallel shard_map paths
-build on the same routing in ``qwen35_jax.parallel``.
+(``jax.lax.ragged_dot``), so no token is dropped and no capacity is padded. With experts sharded over a mesh,
+``qwen35_jax.parallel.moe_ep`` sets ``SparseMoE.expert_parallel`` and the routed part runs in its shard_map instead
+(same routing; the capacity dispatch may drop assignments and counts them in ``RouterStats.dropped``).
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from qwen35_jax.model.params import dense, make_param
 
 
 class RouterStats(NamedTuple):
-    """Per-layer sums for the pooled aux loss: Σ_n m_n·1[e ∈ topk_n], Σ_n m_n·p_{n,e}, Σ_n m_n."""
+    """Per-layer sums for the pooled aux loss: Σ_n m_n·1[e ∈ topk_n], Σ_n m_n·p_{n,e}, Σ_n m_n; plus the number of
+    (token, expert) assignments a capacity-limited expert-parallel dispatch dropped (0 on the dropless paths)."""
 
     assignments: jax.Array  # [E] fp32
     probabilities: jax.Array  # [E] fp32
     tokens: jax.Array  # [] fp32
+    dropped: jax.Array  # [] fp32
 
     @staticmethod
     def zeros(num_experts: int) -> RouterStats:
         return RouterStats(jnp.zeros((num_experts,), jnp.float32), jnp.zeros((num_experts,), jnp.float32),
-                           jnp.zeros((), jnp.float32))
+                           jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
 
 
 def load_balancing_loss(stats: RouterStats) -> jax.Array:
@@ -38,11 +41,13 @@ def load_balancing_loss(stats: RouterStats) -> jax.Array:
     return num_experts * jnp.sum((stats.assignments / denom) * (stats.probabilities / denom))
 
 
-def router_stats(probs: jax.Array, experts: jax.Array, token_mask: jax.Array) -> RouterStats:
+def router_stats(probs: jax.Array, experts: jax.Array, token_mask: jax.Array,
+                 dropped: jax.Array | None = None) -> RouterStats:
     """One layer's aux-loss sums from router probabilities ``[N, E]`` and chosen experts ``[N, k]``."""
     mask = token_mask.astype(jnp.float32)
     hits = jnp.zeros(probs.shape, jnp.float32).at[jnp.arange(probs.shape[0])[:, None], experts].add(1.0)
-    return RouterStats(assignments=mask @ hits, probabilities=mask @ probs, tokens=jnp.sum(mask))
+    dropped = jnp.zeros((), jnp.float32) if dropped is None else dropped.astype(jnp.float32)
+    return RouterStats(assignments=mask @ hits, probabilities=mask @ probs, tokens=jnp.sum(mask), dropped=dropped)
 
 
 def route(logits: jax.Array, top_k: int, normalize: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -79,6 +84,8 @@ class SparseMoE(nnx.Module):
         shared = config.shared_expert_intermediate_size
         self.shared_expert = nnx.data(MLP(h, shared, param_dtype=pdt, rngs=rngs) if shared else None)
         self.shared_expert_gate = nnx.data(make_param(rngs, (h, 1), ("embed", None), pdt) if shared else None)
+        # Static hook: an ``qwen35_jax.parallel.moe_ep.ExpertParallel`` runs the routed experts across the mesh.
+        self.expert_parallel = None
 
     def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, RouterStats]:
         batch, length, hidden = x.shape
@@ -86,7 +93,25 @@ class SparseMoE(nnx.Module):
         tokens = x.reshape(-1, hidden)
         logits = dense(tokens, self.router, "ne,ex->nx")  # model dtype, like the reference (spec §7.7)
         probs, weights, experts = route(logits, self.top_k, self.normalize)
+        if self.expert_parallel is not None:
+            routed, dropped = self.expert_parallel(
+                x, weights.reshape(batch, length, -1), experts.reshape(batch, length, -1), self.experts_gate[...],
+                self.experts_up[...], self.experts_down[...])
+            routed = routed.reshape(-1, hidden)
+        else:
+            routed, dropped = self._local_experts(tokens, weights, experts, num_experts), None
 
+        if self.shared_expert is not None:
+            shared_gate = jax.nn.sigmoid(dense(tokens, self.shared_expert_gate, "ne,eo->no"))
+            routed = routed + shared_gate * self.shared_expert(tokens)
+
+        stats = router_stats(probs, experts, token_mask.reshape(-1), dropped)
+        return routed.reshape(batch, length, hidden), stats
+
+    def _local_experts(self, tokens: jax.Array, weights: jax.Array, experts: jax.Array,
+                       num_experts: int) -> jax.Array:
+        """All experts on this device: sort the assignments by expert, grouped matmuls, weighted sum per token."""
+        hidden = tokens.shape[-1]
         flat_experts = experts.reshape(-1)
         order = jnp.argsort(flat_experts, stable=True)
         token_of = order // self.top_k
@@ -95,10 +120,4 @@ class SparseMoE(nnx.Module):
                                     self.experts_down[...])
         # Undo the sort, weight each of the k expert outputs and sum them per token.
         per_assignment = jnp.zeros_like(out_sorted).at[order].set(out_sorted).reshape(-1, self.top_k, hidden)
-        routed = jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights).astype(x.dtype)
-
-        if self.shared_expert is not None:
-            shared_gate = jax.nn.sigmoid(dense(tokens, self.shared_expert_gate, "ne,eo->no"))
-            routed = routed + shared_gate * self.shared_expert(tokens)
-
-        return routed.reshape(batch, length, hidden), router_stats(probs, experts, token_mask.reshape(-1))
+        return jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights).astype(tokens.dtype)

@@ -13,6 +13,7 @@ from qwen35_jax.config import ModelConfig
 from qwen35_jax.model.decoder import DecoderStack, LayerInputs
 from qwen35_jax.model.moe import RouterStats, load_balancing_loss
 from qwen35_jax.model.mtp import MultiTokenPredictor
+from qwen35_jax.model.multimodal import fuse_vision, multimodal_positions
 from qwen35_jax.model.norms import RMSNorm
 from qwen35_jax.model.params import make_param
 from qwen35_jax.model.rope import rope_cos_sin
@@ -56,7 +57,8 @@ class Qwen35ForCausalLM(nnx.Module):
         self.lm_head = nnx.data(None if config.tie_word_embeddings else make_param(
             rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), pdt))
         self.mtp = nnx.data(MultiTokenPredictor(config, rngs=rngs) if config.mtp_num_hidden_layers else None)
-        self.visual = nnx.data(VisionTower(config.vision, param_dtype=pdt, rngs=rngs) if config.vision else None)
+        self.visual = nnx.data(VisionTower(config.vision, param_dtype=pdt, rngs=rngs, dtype=jnp.dtype(config.dtype))
+                               if config.vision else None)
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         return self.embed_tokens[...][input_ids].astype(jnp.dtype(self.config.dtype))
@@ -85,16 +87,34 @@ class Qwen35ForCausalLM(nnx.Module):
         return LayerInputs(cos=cos, sin=sin, segment_ids=segment_ids, token_mask=segment_ids != 0)
 
     def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None,
-                 positions: jax.Array | None = None, attention_mask: jax.Array | None = None) -> CausalLMOutput:
+                 positions: jax.Array | None = None, attention_mask: jax.Array | None = None,
+                 pixel_values: jax.Array | None = None, image_grid_thw: object = None,
+                 pixel_values_videos: jax.Array | None = None, video_grid_thw: object = None,
+                 mm_token_type_ids: object = None) -> CausalLMOutput:
         """Logits for ``input_ids [B, T]``.
 
         ``segment_ids [B, T]``: tokens with equal ids attend to and recur with each other only (packed documents);
         0 marks padding. ``attention_mask`` (HF-style 1/0) is accepted instead. ``positions``: ``[B, T]`` text
         positions or ``[3, B, T]`` multimodal (T, H, W) rows; default ``arange(T)``.
+
+        Vision inputs use transformers' names and layouts (spec §2.10-2.11): ``pixel_values [Σ t·h·w, 1536]`` with
+        ``image_grid_thw [n, 3]`` (static ints), likewise ``pixel_values_videos`` / ``video_grid_thw``; their merged
+        embeddings replace the placeholder tokens in order. Without ``positions`` the mRoPE positions are computed
+        from the concrete prompt (``multimodal.get_rope_index``; ``mm_token_type_ids`` default from the token ids).
         """
         check_token_ids(input_ids, self.config.vocab_size)
+        embeds = self.embed(input_ids)
+        if pixel_values is not None or pixel_values_videos is not None:
+            if self.visual is None:
+                raise ValueError("pixel values were given but this model has no vision tower (config.vision is None)")
+            embeds = fuse_vision(self.visual, self.config, input_ids, embeds, pixel_values=pixel_values,
+                                 image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos,
+                                 video_grid_thw=video_grid_thw)
+            if positions is None:
+                positions = multimodal_positions(self.config, input_ids, mm_token_type_ids, image_grid_thw,
+                                                 video_grid_thw, attention_mask)
         inputs = self.layer_inputs(input_ids, segment_ids, positions, attention_mask)
-        x, stats = self.decoder(self.embed(input_ids), inputs)
+        x, stats = self.decoder(embeds, inputs)
         hidden = self.norm(x)
         aux = jnp.zeros((), jnp.float32) if stats is None else load_balancing_loss(stats)
         return CausalLMOutput(logits=self.unembed(hidden), hidden_states=hidden, aux_loss=aux, router_stats=stats)

@@ -10,7 +10,9 @@ For every case it writes ``OUT/<case>/`` = ``save_pretrained`` output (config.js
 position ids = arange(T) for every row) and ``logits_bf16`` (the same model run in bf16); MoE cases add
 ``router_logits`` float32 [L_moe, B*T, E], ``aux_loss`` (scalar, no mask) and ``aux_mask`` / ``aux_loss_masked``
 (``load_balancing_loss_func`` on the same router
-logits with a padding mask); padded cases add ``attention_mask`` int64 [B, T]. See README.md beside this file.
+logits with a padding mask); padded cases add ``attention_mask`` int64 [B, T]. The VL cases (``vl_dense``,
+``vl_moe``) take their inputs (real images, processor output, ``get_rope_index`` positions, vision outputs) from
+``vl_case.py`` and need Pillow and scikit-learn in the reference environment. See README.md beside this file.
 """
 
 from __future__ import annotations
@@ -103,8 +105,16 @@ class Case:
     weights_from: str | None = None  # reuse another case's seed (identical weights and inputs)
 
     @property
+    def is_vl(self) -> bool:
+        return "vision_config" in self.config
+
+    @property
+    def text_config(self) -> dict[str, Any]:
+        return self.config["text_config"] if self.is_vl else self.config
+
+    @property
     def is_moe(self) -> bool:
-        return "num_experts" in self.config
+        return "num_experts" in self.text_config
 
     @property
     def seed_name(self) -> str:
@@ -134,6 +144,20 @@ def _next_text(num_layers: int) -> dict[str, Any]:
     )
 
 
+def _vl(text_config: dict[str, Any]) -> dict[str, Any]:
+    """A nested ``Qwen3_5Config`` / ``Qwen3_5MoeConfig`` dict (spec §6 snippet sizes) with one MTP layer."""
+    from tools.hf_reference.vl_case import TOKENS, VISION_SIZES
+
+    return dict(text_config=dict(text_config, mtp_num_hidden_layers=1), vision_config=dict(VISION_SIZES),
+                tie_word_embeddings=text_config["tie_word_embeddings"], **TOKENS)
+
+
+_VL_STRESS = (
+    "REAL images (sklearn china.jpg 427x640 -> grid 6x8, flower crop 200x350 -> 6x10) through transformers' "
+    "Qwen2VLImageProcessorPil, two images in row 0, image + 3-frame video (grid 2x4x6, timestamps) in row 1; "
+    "vision tower (bilinear pos-embed resampling 8x8 -> each grid, 2D rope, per-image/per-frame attention, "
+    "2x2 merger), mRoPE get_rope_index positions, embedding scatter; Hub layout + mtp.* tensors"
+)
 _MOE_STRESS = (
     "Qwen3.5-MoE: 8 experts top-2, shared expert + sigmoid gate, router logits, aux loss, "
     "T=70 (2 GDN chunks), H_v=2*H_k, untied head"
@@ -195,9 +219,24 @@ CASES: dict[str, Case] = {
             "padding mask); only positions with attention_mask == 1 are meaningful",
             left_pad=9,
         ),
-        # VL cases go here: `vl_dense` (Qwen3_5ForConditionalGeneration + Qwen3_5Config(text_config=..., vision_config=
-        # ...)) and `vl_moe`. They need extra inputs (pixel_values, image_grid_thw, mm_token_type_ids) built in
-        # `make_inputs` and a `text_config`-nested config in `build_model`; see spec section 6 for a working snippet.
+        # Vision-language cases: inputs, positions and vision outputs come from tools/hf_reference/vl_case.py.
+        Case(
+            "vl_dense",
+            "Qwen3_5ForConditionalGeneration",
+            "Qwen3_5Config",
+            _vl(_qwen35_text(4, tie=False)),
+            46,
+            "Qwen3.5 VL dense: " + _VL_STRESS,
+        ),
+        Case(
+            "vl_moe",
+            "Qwen3_5MoeForConditionalGeneration",
+            "Qwen3_5MoeConfig",
+            _vl(_qwen35_moe_text(4)),
+            46,
+            "Qwen3.5 VL MoE (8 experts top-2 + shared): " + _VL_STRESS + "; main experts fused, MTP experts per "
+            "expert",
+        ),
     ]
 }
 
@@ -232,6 +271,8 @@ def spread_gdn_decay_(model: torch.nn.Module) -> None:
 def perturbation_scale(name: str, param: torch.Tensor) -> float:
     if param.ndim < 2 or name.endswith("conv1d.weight"):
         return VECTOR_SCALE
+    if name.endswith("patch_embed.proj.weight"):  # Conv3d [D, C, T, P, P]: its fan-in is C*T*P*P, not the last dim
+        return INNER_GAIN / math.sqrt(math.prod(param.shape[1:]))
     gain = OUTER_GAIN if name.endswith(OUTER_WEIGHTS) else INNER_GAIN
     return gain / math.sqrt(param.shape[-1])
 
@@ -342,7 +383,8 @@ def decode_check(case: Case, model: torch.nn.Module, ids: torch.Tensor, logits: 
 def moe_arrays(case: Case, model: torch.nn.Module, out: Any, info: dict[str, Any]) -> dict[str, np.ndarray]:
     """Router logits [L_moe, B*T, E], the unmasked aux loss, and a masked aux loss on the same router logits."""
     router = torch.stack([r.float() for r in out.router_logits])
-    top_k, num_experts = model.config.num_experts_per_tok, model.config.num_experts
+    text_config = getattr(model.config, "text_config", model.config)  # VL configs nest the MoE sizes
+    top_k, num_experts = text_config.num_experts_per_tok, text_config.num_experts
     gap = router_min_gap(router, top_k)
     info["router_min_topk_logit_gap"] = gap
     if gap <= MIN_ROUTER_GAP:
@@ -425,16 +467,30 @@ def rewrite_expert_layout(case_dir: Path) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------- driver
 
 
+def write_vl_checkpoint(case_dir: Path, draw: Draw) -> dict[str, Any]:
+    """Turn ``save_pretrained``'s VL output into the Hub layout: fused main experts plus ``mtp.*`` tensors."""
+    from tools.hf_reference.vl_case import add_mtp_and_hub_layout, mtp_tensors
+
+    gen = torch.Generator().manual_seed(draw.seed + 3)
+    mtp = mtp_tensors(draw.model, gen, perturb_)
+    return add_mtp_and_hub_layout(case_dir / "model.safetensors", mtp, fuse_experts)
+
+
 def tensor_table(case_dir: Path) -> dict[str, list[int]]:
     with safe_open(case_dir / "model.safetensors", "pt") as f:
         return {k: list(f.get_slice(k).get_shape()) for k in sorted(f.keys())}
 
 
-def reload_check(case: Case, case_dir: Path, ids: torch.Tensor, mask: torch.Tensor | None, logits: np.ndarray) -> float:
+def reload_check(case: Case, case_dir: Path, ids: torch.Tensor, mask: torch.Tensor | None, logits: np.ndarray,
+                 vl_kwargs: dict[str, torch.Tensor] | None = None) -> float:
     """``from_pretrained`` the written directory and require bit-identical logits."""
     cls = getattr(transformers, case.model_class)
     reloaded = cls.from_pretrained(case_dir, dtype=torch.float32).eval()
-    again = forward(reloaded, ids, mask, case.is_moe).logits.float().numpy()
+    if vl_kwargs is not None:
+        with torch.no_grad():
+            again = reloaded(**vl_kwargs, use_cache=False).logits.float().numpy()
+    else:
+        again = forward(reloaded, ids, mask, case.is_moe).logits.float().numpy()
     diff = float(np.abs(again - logits).max())
     assert np.array_equal(again, logits), f"{case.name}: reloaded logits differ by {diff}"
     return diff
@@ -450,12 +506,33 @@ class Draw:
     mask: torch.Tensor | None
     arrays: dict[str, np.ndarray]
     info: dict[str, Any]
+    vl_kwargs: dict[str, torch.Tensor] | None = None  # VL cases: the full model kwargs (pixel values, grids, ...)
+
+
+def draw_vl_case(case: Case, seed: int, attempt: int) -> Draw:
+    """VL case: real images through the HF processor, fp32 forward, vision outputs, ``get_rope_index`` positions."""
+    from tools.hf_reference.vl_case import make_vl_inputs, vl_reference_arrays
+
+    model = build_model(case, seed)
+    kwargs, stored = make_vl_inputs(seed)
+    info: dict[str, Any] = {"seed_attempt": attempt}
+    arrays, out = vl_reference_arrays(model, kwargs, stored, case.is_moe, info)
+    info["logits_stats"] = logit_stats(out.logits.float(), None)
+    if case.is_moe:
+        arrays.update(moe_arrays(case, model, out, info))
+    return Draw(seed, model, kwargs["input_ids"], None, arrays, info, vl_kwargs=kwargs)
 
 
 def draw_case(case: Case, max_attempts: int = 8) -> Draw:
     """Build and run the case, re-drawing (deterministically) while the MoE routing has a near-tie."""
     for attempt in range(max_attempts):
         seed = case_seed(case, attempt)
+        if case.is_vl:
+            try:
+                return draw_vl_case(case, seed, attempt)
+            except NearTieError as err:
+                print(f"{err}; re-drawing")
+                continue
         model = build_model(case, seed)
         ids, mask = make_inputs(case, seed)
         info: dict[str, Any] = {"seed_attempt": attempt}
@@ -480,8 +557,11 @@ def make_case(case: Case, out_dir: Path) -> dict[str, Any]:
     if case.other_expert_layout:
         saved_layout, layout = rewrite_expert_layout(case_dir)
         info["save_pretrained_expert_layout"] = saved_layout
+    if case.is_vl:
+        info.update(write_vl_checkpoint(case_dir, draw))
+        layout = "fused (main) + per_expert (mtp)" if case.is_moe else "none"
     np.savez(case_dir / "reference.npz", **arrays)
-    info["reload_max_abs_diff"] = reload_check(case, case_dir, draw.ids, draw.mask, arrays["logits"])
+    info["reload_max_abs_diff"] = reload_check(case, case_dir, draw.ids, draw.mask, arrays["logits"], draw.vl_kwargs)
     cfg = draw.model.config
     return {
         "class": case.model_class,
@@ -493,7 +573,7 @@ def make_case(case: Case, out_dir: Path) -> dict[str, Any]:
         "stresses": case.stresses,
         "seed": draw.seed,
         "weights_from": case.weights_from,
-        "layer_types": list(cfg.layer_types),
+        "layer_types": list(getattr(cfg, "text_config", cfg).layer_types),
         "tie_word_embeddings": bool(cfg.tie_word_embeddings),
         "attn_implementation": cfg._attn_implementation,
         "experts_implementation": cfg._experts_implementation if case.is_moe else None,

@@ -1,0 +1,14 @@
+"""Text data: the real Qwen3.5 tokenizer, bundled corpora, compact vocabulary, token caching and packing."""
+
+from qwen35_jax.data.corpora import BUNDLED_CORPORA, Corpus, check_corpus_spec, load_corpus, split_documents
+from qwen35_jax.data.packing import PackedRows, fixed_batches, pack_documents, shuffled_batches
+from qwen35_jax.data.text_dataset import TextData, parse_corpora, prepare_text_data
+from qwen35_jax.data.token_cache import tokenize_documents
+from qwen35_jax.data.tokenizer import MODEL_VOCAB_SIZE, QwenTokenizer, get_tokenizer
+from qwen35_jax.data.vocab import UNK_ID, CompactVocab
+
+__all__ = [
+    "BUNDLED_CORPORA", "MODEL_VOCAB_SIZE", "UNK_ID", "CompactVocab", "Corpus", "PackedRows", "QwenTokenizer",
+    "TextData", "check_corpus_spec", "fixed_batches", "get_tokenizer", "load_corpus", "pack_documents",
+    "parse_corpora", "prepare_text_data", "shuffled_batches", "split_documents", "tokenize_documents",
+]

@@ -45,7 +45,8 @@ def delta_rule_step(state, q_t, k_t, v_t, g_t, b_t):
 
 
 def recurrent_core(q, k, v, g, beta, initial_state=None, segment_ids=None):
-    """Reference recurrence: S_t = exp(g_t) S_{t-1} + k_t (beta_t (v_t - (exp(g_t) S_{t-1})^T k_t))^T, o_t = S_t^T q_t."""
+    """Reference recurrence: S_t = exp(g_t) S_{t-1} + k_t (beta_t (v_t - (exp(g_t) S_{t-1})^T k_t))^T,
+    o_t = S_t^T q_t."""
     batch, length, h_k, d_k = q.shape
     h_v, d_v = v.shape[2], v.shape[3]
     if initial_state is None:

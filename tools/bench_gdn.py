@@ -11,7 +11,7 @@ warm-up, the compile time (s) separately, and the peak RSS (MB, ``getrusage(RUSA
 worker process per (implementation, T, mode), so numbers do not pollute each other.
 
 Rows:
-  ours: ``recurrent`` (skipped at T > 4096: its backward keeps every per-token state, ~26 GB at T=8192), ``chunked``,
+  ours: ``recurrent`` (skipped at T > 4096: autodiff keeps per-token states, ~26 GB at T=8192), ``chunked``,
         and ``pallas_tpu`` / ``pallas_gpu`` when the default JAX backend is TPU / GPU.
   peers: ``hf-torch``: ``transformers.models.qwen3_5.modeling_qwen3_5.torch_chunk_gated_delta_rule`` run with the
         ``--ref-python`` interpreter (torch autograd for the backward);
@@ -242,8 +242,9 @@ def main(argv=None) -> int:
     for length in seqs:
         for python, impl in rows:
             if impl == "recurrent" and length > RECURRENT_MAX_T:
-                notes.append(f"recurrent: skipped at T={length} (its backward stores every per-token state, "
-                             f"~{4 * BATCH * HEADS * DIM * DIM * length / 2**30:.0f} GiB)")
+                state_gib = 4 * BATCH * HEADS * DIM * DIM * length / 2**30
+                notes.append(f"recurrent: skipped at T={length} (autodiff through the token scan keeps per-token "
+                             f"[dk, dv] states: several tensors of {state_gib:.0f} GiB each)")
                 continue
             fwd = _run_worker(python, impl, length, "fwd", args.repeats)
             fb = _run_worker(python, impl, length, "fwd+bwd", args.repeats)

@@ -9,6 +9,7 @@ from flax import nnx
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.presets import PUBLISHED_TOTALS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,3 +42,21 @@ def count_parameters(config: ModelConfig) -> ParamCounts:
     embedding = config.vocab_size * config.hidden_size
     return ParamCounts(total=sum(parts.values()), text=parts["text"], vision=parts["vision"], mtp=parts["mtp"],
                        active_text=active, input_embedding=embedding)
+
+
+def format_counts(name: str, config: ModelConfig) -> str:
+    counts = count_parameters(config)
+    rows = [
+        ("total (text + vision + MTP)", counts.total),
+        ("text", counts.text),
+        ("vision", counts.vision),
+        ("MTP", counts.mtp),
+        ("active text (incl. input embedding)", counts.active_text),
+        ("active text (excl. input embedding)", counts.active_text_without_input_embedding),
+    ]
+    lines = [f"{name}:"] + [f"  {label:<38} {value:>19,}" for label, value in rows]
+    published = PUBLISHED_TOTALS.get(name)
+    if published is not None:
+        verdict = "matches" if published == counts.total else f"DIFFERS by {counts.total - published:+,}"
+        lines.append(f"  {'published checkpoint total':<38} {published:>19,}  ({verdict})")
+    return "\n".join(lines)

@@ -61,9 +61,11 @@ def test_from_dict_rejects_unknown_fields():
 def test_from_hf_reads_fixture_configs(hf_fixtures, hf_manifest):
     for case in hf_manifest["cases"]:
         hf = json.loads((hf_fixtures / case / "config.json").read_text())
+        text = hf.get("text_config", hf)  # VL configs nest the text model
         config = ModelConfig.from_hf(hf_fixtures / case)
-        assert config.hidden_size == hf["hidden_size"] and config.layer_types == tuple(hf["layer_types"])
+        assert config.hidden_size == text["hidden_size"] and config.layer_types == tuple(text["layer_types"])
         assert config.variant == ("qwen3_next" if hf["model_type"] == "qwen3_next" else "qwen3_5")
+        assert (config.vision is not None) == ("vision_config" in hf)
         assert config.mrope_section == (None if config.variant == "qwen3_next" else (2, 1, 1))
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.param_count import count_parameters
+from qwen35_jax.param_count import count_parameters, format_counts
 from qwen35_jax.presets import PRESETS
 
 # Spec §5 table: (text, vision, MTP, total, active text incl. embedding, active text excl. input embedding).
@@ -30,8 +30,6 @@ def test_counts_equal_published_totals(name):
     assert got == SPEC[name]
 
 
-def test_param_count_cli_prints_match(capsys):
-    from tools.param_count import format_counts
-
+def test_param_count_report_says_match():
     text = format_counts("qwen35_397b_a17b", ModelConfig.from_dict(PRESETS["qwen35_397b_a17b"]))
     assert "403,397,928,944  (matches)" in text

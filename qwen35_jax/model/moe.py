@@ -1,7 +1,7 @@
 """Sparse MoE block with a gated shared expert (spec §2.7) and its load-balancing statistics (spec §3).
 
 Single-device dropless path: the (token, expert) assignments are sorted by expert and run through grouped matmuls
-(``jax.lax.ragged_dot``), so no token is dropped and no capacity is padded. With experts sharded over a mesh,
+(``jax.lax.ragged_dot``), so no token is dropped and no capacity is padded. On a mesh that shards tokens or experts,
 ``qwen35_jax.parallel.moe_ep`` sets ``SparseMoE.expert_parallel`` and the routed part runs in its shard_map instead
 (same routing; the capacity dispatch may drop assignments and counts them in ``RouterStats.dropped``).
 """
@@ -69,6 +69,21 @@ def grouped_swiglu(x_sorted: jax.Array, group_sizes: jax.Array, gate: jax.Array,
     return jax.lax.ragged_dot(hidden, down.astype(dt), group_sizes, preferred_element_type=jnp.float32).astype(dt)
 
 
+def local_experts(tokens: jax.Array, weights: jax.Array, experts: jax.Array, gate: jax.Array, up: jax.Array,
+                  down: jax.Array) -> jax.Array:
+    """Every expert on this device: sort the (token, expert) assignments by expert, grouped matmuls, then the
+    weighted sum per token. ``tokens [N, H]``, ``weights / experts [N, k]``; returns fp32 ``[N, H]``."""
+    hidden, top_k = tokens.shape[-1], experts.shape[-1]
+    flat_experts = experts.reshape(-1)
+    order = jnp.argsort(flat_experts, stable=True)
+    token_of = order // top_k
+    group_sizes = jnp.bincount(flat_experts, length=gate.shape[0]).astype(jnp.int32)
+    out_sorted = grouped_swiglu(tokens[token_of], group_sizes, gate, up, down)
+    # Undo the sort, weight each of the k expert outputs and sum them per token.
+    per_assignment = jnp.zeros_like(out_sorted).at[order].set(out_sorted).reshape(-1, top_k, hidden)
+    return jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights)
+
+
 class SparseMoE(nnx.Module):
     """Routed experts (softmax → top-k → renormalise) plus a sigmoid-gated shared expert."""
 
@@ -89,7 +104,6 @@ class SparseMoE(nnx.Module):
 
     def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, RouterStats]:
         batch, length, hidden = x.shape
-        num_experts = self.router.shape[-1]
         tokens = x.reshape(-1, hidden)
         logits = dense(tokens, self.router, "ne,ex->nx")  # model dtype, like the reference (spec §7.7)
         probs, weights, experts = route(logits, self.top_k, self.normalize)
@@ -99,7 +113,9 @@ class SparseMoE(nnx.Module):
                 self.experts_up[...], self.experts_down[...])
             routed = routed.reshape(-1, hidden)
         else:
-            routed, dropped = self._local_experts(tokens, weights, experts, num_experts), None
+            routed = local_experts(tokens, weights, experts, self.experts_gate[...], self.experts_up[...],
+                                   self.experts_down[...]).astype(x.dtype)
+            dropped = None
 
         if self.shared_expert is not None:
             shared_gate = jax.nn.sigmoid(dense(tokens, self.shared_expert_gate, "ne,eo->no"))
@@ -107,17 +123,3 @@ class SparseMoE(nnx.Module):
 
         stats = router_stats(probs, experts, token_mask.reshape(-1), dropped)
         return routed.reshape(batch, length, hidden), stats
-
-    def _local_experts(self, tokens: jax.Array, weights: jax.Array, experts: jax.Array,
-                       num_experts: int) -> jax.Array:
-        """All experts on this device: sort the assignments by expert, grouped matmuls, weighted sum per token."""
-        hidden = tokens.shape[-1]
-        flat_experts = experts.reshape(-1)
-        order = jnp.argsort(flat_experts, stable=True)
-        token_of = order // self.top_k
-        group_sizes = jnp.bincount(flat_experts, length=num_experts).astype(jnp.int32)
-        out_sorted = grouped_swiglu(tokens[token_of], group_sizes, self.experts_gate[...], self.experts_up[...],
-                                    self.experts_down[...])
-        # Undo the sort, weight each of the k expert outputs and sum them per token.
-        per_assignment = jnp.zeros_like(out_sorted).at[order].set(out_sorted).reshape(-1, self.top_k, hidden)
-        return jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights).astype(tokens.dtype)

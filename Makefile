@@ -21,9 +21,9 @@ PYTEST_ARGS ?=
 demo: $(VENV)/.installed
 	$(PY) -m experiments.train --config configs/tiny.py --workdir runs/demo
 
-test: $(VENV)/.installed $(FIXTURES)/manifest.json
+test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .
-	HF_FIXTURES=$(FIXTURES) $(PY) -m pytest -q $(PYTEST_ARGS) tests
+	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

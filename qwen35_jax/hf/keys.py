@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -242,23 +242,52 @@ def checkpoint_rules(config: ModelConfig, text_prefix: str = "model.") -> list[S
 PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts\.)(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
 
 
-def fuse_per_expert_keys(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rewrite ``experts.{e}.{gate,up,down}_proj.weight`` (save_pretrained / MTP layout) into the fused layout."""
-    out: dict[str, np.ndarray] = {}
-    grouped: dict[str, dict[str, dict[int, np.ndarray]]] = {}
-    for name, value in tensors.items():
+def group_per_expert_keys(names: Iterable[str]) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+    """Split names into plain ones and per-expert groups ``{prefix: {proj: [name of expert 0, 1, ...]}}``.
+
+    Raises ``ValueError`` naming the prefix when a group lacks a projection or an expert.
+    """
+    plain: list[str] = []
+    grouped: dict[str, dict[str, dict[int, str]]] = {}
+    for name in names:
         match = PER_EXPERT.match(name)
         if match is None:
-            out[name] = value
+            plain.append(name)
         else:
-            grouped.setdefault(match["prefix"], {}).setdefault(match["proj"], {})[int(match["expert"])] = value
+            grouped.setdefault(match["prefix"], {}).setdefault(match["proj"], {})[int(match["expert"])] = name
+    out: dict[str, dict[str, list[str]]] = {}
     for prefix, projections in grouped.items():
         counts = {proj: sorted(experts) for proj, experts in projections.items()}
         expected = list(range(len(counts.get("gate_proj", []))))
         if set(counts) != {"gate_proj", "up_proj", "down_proj"} or any(v != expected for v in counts.values()):
             raise ValueError(f"incomplete per-expert tensors under {prefix!r}: found experts "
                              f"{ {proj: f'{len(v)} of 0..{max(v) if v else -1}' for proj, v in counts.items()} }")
-        stack = {proj: np.stack([experts[e] for e in expected]) for proj, experts in projections.items()}
-        out[f"{prefix}gate_up_proj"] = np.concatenate([stack["gate_proj"], stack["up_proj"]], axis=1)
-        out[f"{prefix}down_proj"] = stack["down_proj"]
+        out[prefix] = {proj: [experts[e] for e in expected] for proj, experts in projections.items()}
+    return plain, out
+
+
+def fuse_expert_group(per_proj: Mapping[str, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-expert ``{gate_proj,up_proj,down_proj}: [[I, H] or [H, I] per expert]`` → fused (gate_up, down)."""
+    gate_up = np.concatenate([np.stack(per_proj["gate_proj"]), np.stack(per_proj["up_proj"])], axis=1)
+    return gate_up, (np.stack(per_proj["down_proj"]) if len(per_proj["down_proj"]) else None)
+
+
+def split_expert_group(prefix: str, gate_up: np.ndarray, down: np.ndarray) -> dict[str, np.ndarray]:
+    """Fused (gate_up ``[E, 2I, H]``, down ``[E, H, I]``) → per-expert ``{prefix}{e}.{proj}.weight`` tensors."""
+    inter = gate_up.shape[1] // 2
+    out = {}
+    for e in range(gate_up.shape[0]):
+        out[f"{prefix}{e}.gate_proj.weight"] = gate_up[e, :inter]
+        out[f"{prefix}{e}.up_proj.weight"] = gate_up[e, inter:]
+        out[f"{prefix}{e}.down_proj.weight"] = down[e]
+    return out
+
+
+def fuse_per_expert_keys(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rewrite ``experts.{e}.{gate,up,down}_proj.weight`` (save_pretrained / MTP layout) into the fused layout."""
+    plain, groups = group_per_expert_keys(tensors)
+    out = {name: tensors[name] for name in plain}
+    for prefix, projections in groups.items():
+        out[f"{prefix}gate_up_proj"], out[f"{prefix}down_proj"] = fuse_expert_group(
+            {proj: [tensors[n] for n in names] for proj, names in projections.items()})
     return out

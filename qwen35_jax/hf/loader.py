@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -57,10 +58,16 @@ def _describe(problems: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
-def state_from_hf_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], abstract_state: dict) -> dict:
-    """Fill a pure-dict copy of ``abstract_state`` from HF tensors; raise listing every problem at once."""
-    tensors = fuse_per_expert_keys(canonical_names(tensors))
-    buffers = {}
+def describe_problems(problems: dict[str, list[str]]) -> str:
+    return _describe(problems)
+
+
+def convert_tensors(config: ModelConfig, tensors: Mapping[str, Any], abstract_state: dict,
+                    emit: Callable[[tuple, int | None, np.ndarray], None]) -> None:
+    """Run every rule of ``config`` over ``tensors`` (canonical, fused-expert names → arrays, possibly loaded
+    lazily by ``__getitem__``) and ``emit(path, block, value)`` each converted parameter (``block`` = index in the
+    scanned stack or None). Every missing / unexpected / mis-shaped tensor is collected and raised at the end as one
+    ``CheckpointError``; with zero-strided dummy arrays this is a cheap dry run."""
     problems: dict[str, list[str]] = {"missing tensors": [], "unexpected tensors": [], "mis-shaped tensors": []}
     used: set[str] = set()
     for stacked in checkpoint_rules(config):
@@ -70,10 +77,11 @@ def state_from_hf_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], a
             problems["missing tensors"] += missing
             continue
         used.update(rule.hf)
+        inputs = [tensors[name] for name in rule.hf]
         try:
-            converted = rule.to_ours([tensors[name] for name in rule.hf])
+            converted = rule.to_ours(inputs)
         except ValueError as e:  # a reshape that cannot work: the HF tensor has the wrong size
-            shapes = [f"{name} {list(tensors[name].shape)}" for name in rule.hf]
+            shapes = [f"{name} {list(a.shape)}" for name, a in zip(rule.hf, inputs, strict=True)]
             problems["mis-shaped tensors"].append(f"{', '.join(shapes)}: {e}")
             continue
         for path, value in zip(rule.ours, converted, strict=True):
@@ -84,13 +92,25 @@ def state_from_hf_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], a
                     f"{', '.join(rule.hf)} → {'.'.join(map(str, path))}: got {list(value.shape)}, config expects "
                     f"{list(want)}")
                 continue
-            if stacked.block is None:
-                buffers[path] = value
-            else:
-                buffers.setdefault(path, {})[stacked.block] = value
+            if not any(problems.values()):
+                emit(path, stacked.block, value)
     problems["unexpected tensors"] = sorted(set(tensors) - used)
     if any(problems.values()):
         raise CheckpointError("checkpoint does not match the model config:\n" + _describe(problems))
+
+
+def state_from_hf_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], abstract_state: dict) -> dict:
+    """Fill a pure-dict copy of ``abstract_state`` from HF tensors; raise listing every problem at once."""
+    tensors = fuse_per_expert_keys(canonical_names(tensors))
+    buffers: dict = {}
+
+    def emit(path: tuple, block: int | None, value: np.ndarray) -> None:
+        if block is None:
+            buffers[path] = value
+        else:
+            buffers.setdefault(path, {})[block] = value
+
+    convert_tensors(config, tensors, abstract_state, emit)
 
     def fill(tree: dict, prefix: tuple) -> dict:
         out = {}
@@ -109,26 +129,89 @@ def state_from_hf_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], a
     return fill(abstract_state, ())
 
 
+def _place(abstract_state: nnx.State, read: Callable[[tuple, tuple], np.ndarray], mesh: Any,
+           rules: Any) -> dict:
+    """Pure dict of jax Arrays, each built shard by shard with ``read(path, index)`` (only this host's shards)."""
+    import jax
+
+    from qwen35_jax.parallel.rules import DEFAULT_RULES, state_shardings
+
+    shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, DEFAULT_RULES if rules is None else rules))
+    abstract = nnx.to_pure_dict(abstract_state)
+
+    def fill(tree: dict, sharding_tree: dict, prefix: tuple) -> dict:
+        out = {}
+        for key, value in tree.items():
+            path = prefix + (key,)
+            if isinstance(value, dict):
+                out[key] = fill(value, sharding_tree[key], path)
+                continue
+            seen: dict[tuple, np.ndarray] = {}  # replicated shards: read each distinct slice once per host
+
+            def shard(index: tuple, path: tuple = path, dtype: Any = value.dtype, seen: dict = seen) -> np.ndarray:
+                key = tuple((s.start, s.stop, s.step) for s in index)
+                if key not in seen:
+                    seen[key] = np.asarray(read(path, index), dtype=dtype)
+                return seen[key]
+
+            out[key] = jax.make_array_from_callback(tuple(value.shape), sharding_tree[key], shard)
+        return out
+
+    return fill(abstract, shardings, ())
+
+
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
-                    **config_overrides: Any) -> Qwen35ForCausalLM:
-    """Load a transformers checkpoint directory (config.json + safetensors) into ``Qwen35ForCausalLM``.
+                    mesh: Any = None, rules: Any = None, **config_overrides: Any) -> Qwen35ForCausalLM:
+    """Load a transformers checkpoint directory (config.json + safetensors), or our orbax checkpoint written by
+    ``tools.convert_hf import``, into ``Qwen35ForCausalLM``.
 
     Accepts text-only (``*ForCausalLM``) and VL (``*ForConditionalGeneration``) key layouts, fused or per-expert
     MoE tensors, tied or untied heads. Missing, unexpected or mis-shaped tensors raise ``CheckpointError`` listing
     all of them. ``dtype``/``param_dtype`` override the compute / parameter dtypes (default float32).
+
+    ``mesh`` (+ ``rules``, default ``qwen35_jax.parallel.DEFAULT_RULES``): every parameter is created directly with
+    its NamedSharding by ``jax.make_array_from_callback``. From an orbax checkpoint each host reads only the slices
+    of its addressable shards (tensorstore); a transformers directory is converted on the host first (convert it
+    once with ``tools.convert_hf import`` for slice-wise reads at scale).
     """
+    from qwen35_jax.hf.orbax_io import ParamReader, is_param_checkpoint
+
     path = os.fspath(path)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise CheckpointError(f"{path}: no config.json (expected a transformers checkpoint directory)")
     overrides = dict(config_overrides)
     if dtype is not None:
         overrides["dtype"] = dtype
     if param_dtype is not None:
         overrides["param_dtype"] = param_dtype
+    if is_param_checkpoint(path):
+        reader = ParamReader(path)
+        overrides.setdefault("param_dtype", "float32")
+        config = reader.config.replace(**overrides)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0))))
+        from qwen35_jax.hf.convert import check_against_model
+
+        check_against_model(reader, config)
+        if mesh is None:
+            pure = jax_tree_of(nnx.to_pure_dict(state), lambda p, v: jnp.asarray(reader.read(p), dtype=v.dtype))
+        else:
+            pure = _place(state, lambda p, index: reader.read(p, index), mesh, rules)
+        nnx.replace_by_pure_dict(state, pure)
+        return nnx.merge(graphdef, state)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise CheckpointError(f"{path}: no config.json (expected a transformers checkpoint directory or an orbax "
+                              "checkpoint written by tools.convert_hf import)")
     tensors = dict(iter_tensors(path))
     config = config_for_checkpoint(ModelConfig.from_hf(path, **overrides), set(canonical_names(tensors)))
     abstract = nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     pure = state_from_hf_tensors(config, tensors, nnx.to_pure_dict(state))
+    if mesh is not None:
+        host = pure
+        pure = _place(state, lambda p, index: np.asarray(_get(host, p))[index], mesh, rules)
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
+
+
+def jax_tree_of(tree: dict, leaf: Callable[[tuple, Any], Any], prefix: tuple = ()) -> dict:
+    """Map ``leaf(path, value)`` over a nested dict."""
+    return {k: jax_tree_of(v, leaf, prefix + (k,)) if isinstance(v, dict) else leaf(prefix + (k,), v)
+            for k, v in tree.items()}

@@ -1,6 +1,6 @@
-"""Minimal safetensors reader: header parsing and memory-mapped, one-tensor-at-a-time loading.
+"""Minimal safetensors reader: header parsing and one-tensor-at-a-time loading.
 
-Reading a tensor maps only its byte range, so host memory stays bounded by the largest tensor; bf16 is
+Reading a tensor reads only its byte range, so host memory stays bounded by the largest tensor; bf16 is
 supported through ``ml_dtypes``.
 """
 
@@ -53,8 +53,13 @@ def load_tensor(path: str, entry: dict, data_start: int) -> np.ndarray:
     shape = tuple(entry["shape"])
     if end - begin != dtype.itemsize * int(np.prod(shape)):
         raise CheckpointError(f"{path}: byte size of a {entry['dtype']}{list(shape)} tensor is {end - begin}")
-    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start + begin, shape=(end - begin,))
-    return np.array(mm.view(dtype).reshape(shape))
+    # Read straight into the result (no memory map kept resident next to a copy): one tensor's bytes in memory.
+    out = np.empty(shape, dtype)
+    with open(path, "rb") as f:
+        f.seek(data_start + begin)
+        if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != end - begin:
+            raise CheckpointError(f"{path}: could not read the {end - begin} bytes of a tensor (truncated file?)")
+    return out
 
 
 def checkpoint_files(directory: str) -> list[str]:

@@ -26,7 +26,6 @@ from qwen35_jax.model.attention import multihead_attention
 from qwen35_jax.model.decoder import DecoderLayer
 from qwen35_jax.model.gated_deltanet import GatedDeltaNet, causal_depthwise_conv
 from qwen35_jax.model.params import dense
-from qwen35_jax.model.rope import apply_partial_rope
 from qwen35_jax.ops import gated_delta_rule
 from qwen35_jax.ops.gated_delta_rule import gated_delta_rule_decode_step
 
@@ -75,31 +74,17 @@ def cached_attention(attn: nnx.Module, x: jax.Array, cos: jax.Array, sin: jax.Ar
     """``GatedAttention`` on ``x [B, T, H]`` occupying cache slots ``index .. index+T-1`` (``valid`` already marks
     them); queries attend causally to every valid slot up to their own."""
     length = x.shape[1]
-    query_gate = dense(x, attn.q_proj, "bte,ehd->bthd")
-    query, gate = query_gate[..., : attn.head_dim], query_gate[..., attn.head_dim:]
-    query = apply_partial_rope(attn.q_norm(query), cos, sin)
-    key = apply_partial_rope(attn.k_norm(dense(x, attn.k_proj, "bte,ehd->bthd")), cos, sin)
-    value = dense(x, attn.v_proj, "bte,ehd->bthd")
+    query, gate, key, value = attn.project(x, cos, sin)
     keys = jax.lax.dynamic_update_slice_in_dim(layer["key"], key.astype(layer["key"].dtype), index, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(layer["value"], value.astype(layer["value"].dtype), index, axis=1)
     slots = jnp.arange(keys.shape[1])
     causal = slots[None, :] <= (index + jnp.arange(length))[:, None]  # [T, S]
     mask = (causal[None] & valid[:, None, :])[:, None]  # [B, 1, T, S]
     out = multihead_attention(query, keys.astype(query.dtype), values.astype(query.dtype), mask)
-    out = out * jax.nn.sigmoid(gate)
-    return dense(out, attn.o_proj, "bthd,hde->bte"), {"key": keys, "value": values}
+    return attn.output(out, gate), {"key": keys, "value": values}
 
 
 # ------------------------------------------------------------------------------------------------ gated deltanet
-
-
-def _gates(gdn: GatedDeltaNet, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(z, beta, g) exactly as ``GatedDeltaNet.__call__`` computes them."""
-    z = dense(x, gdn.in_proj_z, "...e,ehd->...hd")
-    beta = jax.nn.sigmoid(dense(x, gdn.in_proj_b, "...e,eh->...h"))
-    a = dense(x, gdn.in_proj_a, "...e,eh->...h").astype(jnp.float32)
-    g = -jnp.exp(gdn.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a + gdn.dt_bias[...].astype(jnp.float32))
-    return z, beta, g
 
 
 def gdn_prefill(gdn: GatedDeltaNet, x: jax.Array, segment_ids: jax.Array,
@@ -118,12 +103,10 @@ def gdn_prefill(gdn: GatedDeltaNet, x: jax.Array, segment_ids: jax.Array,
         conv = causal_depthwise_conv(extended, getattr(gdn, f"conv_{part}")[...], window_ids)[:, width:]
         qkv.append(jax.nn.silu(conv))
         new[f"conv_{part}"] = jnp.where(real, extended, 0)[:, -width:].astype(layer[f"conv_{part}"].dtype)
-    z, beta, g = _gates(gdn, x)
-    o, state = gated_delta_rule(*qkv, g, beta, segment_ids=segment_ids, use_qk_l2norm=True, impl=gdn.impl,
-                                initial_state=layer["state"], output_final_state=True)
-    new["state"] = state
-    o = gdn.norm(o.astype(x.dtype), z)
-    return dense(o, gdn.out_proj, "bthd,hde->bte"), new
+    z, beta, g = gdn.gates(x)
+    o, new["state"] = gated_delta_rule(*qkv, g, beta, segment_ids=segment_ids, use_qk_l2norm=True, impl=gdn.impl,
+                                       initial_state=layer["state"], output_final_state=True)
+    return gdn.output(o, z), new
 
 
 def gdn_decode(gdn: GatedDeltaNet, x: jax.Array, layer: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -137,10 +120,9 @@ def gdn_decode(gdn: GatedDeltaNet, x: jax.Array, layer: dict[str, jax.Array]) ->
         conv = jnp.einsum("bkhd,khd->bhd", window.astype(jnp.float32), weight).astype(x.dtype)
         qkv.append(jax.nn.silu(conv))
         new[f"conv_{part}"] = window[:, 1:]
-    z, beta, g = _gates(gdn, x[:, 0])
+    z, beta, g = gdn.gates(x[:, 0])
     o, new["state"] = gated_delta_rule_decode_step(*qkv, g, beta, layer["state"], use_qk_l2norm=True)
-    o = gdn.norm(o[:, None].astype(x.dtype), z[:, None])
-    return dense(o, gdn.out_proj, "bthd,hde->bte"), new
+    return gdn.output(o[:, None], z[:, None]), new
 
 
 # ------------------------------------------------------------------------------------------------ layers

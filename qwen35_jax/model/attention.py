@@ -36,14 +36,20 @@ class GatedAttention(nnx.Module):
         self.k_norm = RMSNorm(hd, config.rms_norm_eps, param_dtype=pdt, rngs=rngs, axis_name="head_dim")
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        query, gate, key, value = self.project(x, cos, sin)
+        return self.output(multihead_attention(query, key, value, attention_mask(segment_ids)), gate)
+
+    def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, ...]:
+        """(query, output gate, key, value), each ``[B, T, heads, head_dim]``; q/k normed and rotated."""
         query_gate = dense(x, self.q_proj, "bte,ehd->bthd")
         query, gate = query_gate[..., : self.head_dim], query_gate[..., self.head_dim:]
         query = apply_partial_rope(self.q_norm(query), cos, sin)
         key = apply_partial_rope(self.k_norm(dense(x, self.k_proj, "bte,ehd->bthd")), cos, sin)
-        value = dense(x, self.v_proj, "bte,ehd->bthd")
-        out = multihead_attention(query, key, value, attention_mask(segment_ids))
-        out = out * jax.nn.sigmoid(gate)
-        return dense(out, self.o_proj, "bthd,hde->bte")
+        return query, gate, key, dense(x, self.v_proj, "bte,ehd->bthd")
+
+    def output(self, attended: jax.Array, gate: jax.Array) -> jax.Array:
+        """Sigmoid output gate, then the output projection."""
+        return dense(attended * jax.nn.sigmoid(gate), self.o_proj, "bthd,hde->bte")
 
 
 def multihead_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:

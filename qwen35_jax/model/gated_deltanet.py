@@ -67,10 +67,18 @@ class GatedDeltaNet(nnx.Module):
 
         q, k, v = conv_silu(self.in_proj_q, self.conv_q), conv_silu(self.in_proj_k, self.conv_k), \
             conv_silu(self.in_proj_v, self.conv_v)
-        z = dense(x, self.in_proj_z, "bte,ehd->bthd")
-        beta = jax.nn.sigmoid(dense(x, self.in_proj_b, "bte,eh->bth"))  # model dtype (spec §7.3)
-        a = dense(x, self.in_proj_a, "bte,eh->bth").astype(jnp.float32)
-        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a + self.dt_bias[...].astype(jnp.float32))
+        z, beta, g = self.gates(x)
         o, _ = gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, use_qk_l2norm=True, impl=self.impl)
-        o = self.norm(o.astype(x.dtype), z)
-        return dense(o, self.out_proj, "bthd,hde->bte")
+        return self.output(o, z)
+
+    def gates(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(z [..., Hv, dv] output gate, beta [..., Hv] in the model dtype, g [..., Hv] fp32 log-decay) of ``x``."""
+        z = dense(x, self.in_proj_z, "...e,ehd->...hd")
+        beta = jax.nn.sigmoid(dense(x, self.in_proj_b, "...e,eh->...h"))  # model dtype (spec §7.3)
+        a = dense(x, self.in_proj_a, "...e,eh->...h").astype(jnp.float32)
+        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a + self.dt_bias[...].astype(jnp.float32))
+        return z, beta, g
+
+    def output(self, o: jax.Array, z: jax.Array) -> jax.Array:
+        """Gated RMSNorm of the core output ``o [B, T, Hv, dv]`` by ``z``, then the output projection."""
+        return dense(self.norm(o.astype(z.dtype), z), self.out_proj, "bthd,hde->bte")

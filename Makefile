@@ -16,10 +16,11 @@ REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy pillow==13.
 export JAX_PLATFORMS ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fixtures setup bench-gdn clean
+.PHONY: demo test lint fixtures setup bench-gdn bench-train bench-decode bench-convert clean
 
 demo: $(VENV)/.installed
 	$(PY) -m experiments.train --config configs/tiny.py --workdir runs/demo
+	$(PY) -m experiments.eval --config configs/tiny.py --workdir runs/demo
 
 test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .
@@ -34,6 +35,15 @@ fixtures: $(FIXTURES)/manifest.json
 
 bench-gdn: $(VENV)/.installed $(REF_VENV)/.installed
 	$(PY) -m tools.bench_gdn --ref-python $(REF_PY)
+
+bench-train: $(VENV)/.installed $(REF_VENV)/.installed
+	$(PY) -m tools.bench_train --ref-python $(REF_PY)
+
+bench-decode: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
+	HF_REF_PYTHON=$(REF_PY) $(PY) -m tools.bench_decode --hf_dir $(FIXTURES)/dense_untied
+
+bench-convert: $(VENV)/.installed  # peak RSS via /usr/bin/time (Debian package `time`)
+	$(PY) -m tools.bench_convert --workdir build/bench_convert
 
 $(VENV)/.installed: setup.py
 	@py=$$(tools/find_python.sh 3.12+) && echo "project venv: $$py" && "$$py" -m venv $(VENV)

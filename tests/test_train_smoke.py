@@ -38,16 +38,18 @@ def shrink(config, corpus_glob):
     config.model.update(hidden_size=32, num_hidden_layers=4, num_experts=4, moe_intermediate_size=16,
                         shared_expert_intermediate_size=16, linear_key_head_dim=16, linear_value_head_dim=16,
                         head_dim=16, mrope_section=(1, 1, 0))
-    config.data.update(corpora=corpus_glob, seq_len=32, batch_size=4, validation_fraction=0.1)
+    # batch 8: the 8 virtual CPU devices of conftest.py form the default fsdp=8 mesh (a sharded run)
+    config.data.update(corpora=corpus_glob, seq_len=32, batch_size=8, validation_fraction=0.1)
     config.train.update(steps=30, warmup_steps=3, learning_rate=1e-2, log_every=10, eval_batches=2)
     return config
 
 
-@pytest.mark.slow  # ~1 min on 2 CPU cores, nearly all of it compiling the model
+@pytest.mark.slow  # ~1-2 min on 2 CPU cores, nearly all of it compiling the model
 def test_loss_falls(tmp_path, corpus_glob):
     config = shrink(tiny_config(), corpus_glob)
     records = train_and_evaluate(config, str(tmp_path / "run"))
     losses = [r["loss"] for r in records if "loss" in r]
+    assert records[1]["event"] == "model" and records[1]["mesh"]["fsdp"] == 8
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
     val = [r[f"val_loss/{corpus_glob}"] for r in records if f"val_loss/{corpus_glob}" in r]
@@ -55,6 +57,7 @@ def test_loss_falls(tmp_path, corpus_glob):
     assert all(r["aux_loss"] > 0 for r in records if "aux_loss" in r)  # MoE load-balancing loss is reported
     with open(tmp_path / "run" / METRICS_FILE) as f:
         assert [json.loads(line) for line in f] == records
+    assert os.path.exists(tmp_path / "run" / "curves.png")
     assert os.path.exists(tmp_path / "run" / "compact_vocab.json")
 
 

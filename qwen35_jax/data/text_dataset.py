@@ -1,5 +1,9 @@
 """Assemble training text: corpora -> train/validation split -> token ids (cached) -> optional compact vocabulary.
 
+Corpus specs: the bundled corpora (``shakespeare``, ``wiki_en`` ...), ``files:<glob>`` (your own UTF-8 text files,
+one document each) or ``arrayrecord:<glob>`` (already tokenised documents: one record per document holding its
+real Qwen3.5 token ids as little-endian int32, the format of the token cache written by ``token_cache``).
+
 The result holds token ids in *model space*: compact ids when a compact vocabulary is used (saved as
 ``<workdir>/compact_vocab.json``), real Qwen3.5 ids otherwise.
 """
@@ -7,18 +11,20 @@ The result holds token ids in *model space*: compact ids when a compact vocabula
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from qwen35_jax.data.corpora import check_corpus_spec, load_corpus, split_documents
-from qwen35_jax.data.token_cache import tokenize_documents
+from qwen35_jax.data.corpora import Corpus, check_corpus_spec, load_corpus, split_documents
+from qwen35_jax.data.token_cache import read_token_records, tokenize_documents
 from qwen35_jax.data.tokenizer import MODEL_VOCAB_SIZE, get_tokenizer
 from qwen35_jax.data.vocab import CompactVocab
 
 VOCAB_FILE = "compact_vocab.json"
 TOKEN_CACHE_DIR = "token_cache"
+ARRAY_RECORD_PREFIX = "arrayrecord:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +44,27 @@ def parse_corpora(corpora: str | Sequence[str]) -> tuple[str, ...]:
     if len(set(specs)) != len(specs):
         raise ValueError(f"corpora={corpora!r} lists a corpus twice; list each once")
     for spec in specs:
-        check_corpus_spec(spec)
+        if spec.startswith(ARRAY_RECORD_PREFIX):
+            if not spec[len(ARRAY_RECORD_PREFIX):]:
+                raise ValueError(f"corpus spec {spec!r} has an empty glob; write e.g. "
+                                 f"'{ARRAY_RECORD_PREFIX}~/tokens/*.array_record'")
+        else:
+            check_corpus_spec(spec)
     return specs
+
+
+def _split_token_records(spec: str, validation_fraction: float, split_seed: int,
+                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Train/validation documents of an ``arrayrecord:<glob>`` spec, split like text corpora (by a seeded hash of
+    each document's key ``<file>:<record index>``)."""
+    paths = sorted(glob.glob(os.path.expanduser(spec[len(ARRAY_RECORD_PREFIX):])))
+    if not paths:
+        raise ValueError(f"corpus spec {spec!r} matches no file; check the glob")
+    docs = {f"{os.path.basename(p)}:{i}": d for p in paths for i, d in enumerate(read_token_records(p))}
+    # split_documents only ranks keys; the values may be any objects (here token arrays).
+    train, validation = split_documents(Corpus(spec, docs), validation_fraction=validation_fraction,
+                                        seed=split_seed)  # type: ignore[arg-type]
+    return list(train), list(validation)
 
 
 def prepare_text_data(corpora: str | Sequence[str], *, workdir: str | os.PathLike, validation_fraction: float,
@@ -52,6 +77,10 @@ def prepare_text_data(corpora: str | Sequence[str], *, workdir: str | os.PathLik
     train: list[np.ndarray] = []
     validation: dict[str, list[np.ndarray]] = {}
     for spec in parse_corpora(corpora):
+        if spec.startswith(ARRAY_RECORD_PREFIX):
+            train_docs, validation[spec] = _split_token_records(spec, validation_fraction, split_seed)
+            train += train_docs
+            continue
         train_texts, validation_texts = split_documents(load_corpus(spec), validation_fraction=validation_fraction,
                                                         seed=split_seed)
         train += tokenize_documents(train_texts, tokenizer, cache_dir=cache_dir)

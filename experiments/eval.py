@@ -1,0 +1,84 @@
+"""Validation loss and perplexity per corpus of a trained checkpoint.
+
+  python -m experiments.eval --config configs/tiny.py --workdir runs/demo [--step 30] [--batches 0]
+
+Reads the newest readable checkpoint (or ``--step``) of ``WORKDIR/checkpoints``: the model is rebuilt from the
+ModelConfig stored in the checkpoint; the validation documents come from the config's ``data`` section (the same
+deterministic split, token cache and compact vocabulary as training). ``--batches 0`` evaluates every validation
+row; the default uses ``config.train.eval_batches`` batches like the training loop. Prints a table and writes
+``WORKDIR/eval_step<N>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import ml_collections
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from qwen35_jax.data import fixed_batches, pack_documents, prepare_text_data
+from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.train.checkpoint import load_meta, load_params
+from qwen35_jax.train.cli import run
+from qwen35_jax.train.config_schema import fill_defaults, validate_config
+from qwen35_jax.train.step import make_eval_step, mean_nll
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment config the checkpoint was trained with.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/ and the token cache).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_BATCHES = flags.DEFINE_integer("batches", None, "Validation batches per corpus (0: all; default: "
+                                "config.train.eval_batches).")
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+                        batches: int | None = None) -> dict[str, dict[str, float]]:
+    """``{corpus: {"loss": nats, "perplexity": ..., "tokens": n}}`` plus ``{"_step": step}`` for a checkpoint."""
+    validate_config(config)
+    config = fill_defaults(config)
+    directory, meta = load_meta(workdir, step)
+    model_config, params = load_params(directory)
+    data_cfg = config.data
+    data = prepare_text_data(data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
+                             split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
+                             compact_vocab_max_size=data_cfg.compact_vocab_max_size or None)
+    if data.vocab_size != model_config.vocab_size:
+        raise ValueError(f"the data's vocabulary has {data.vocab_size} ids but the checkpoint's model has "
+                         f"{model_config.vocab_size}: evaluate with the config (data section) used for training")
+    graphdef, _, rest = nnx.split(nnx.eval_shape(lambda: Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(0))),
+                                  nnx.Param, ...)
+    eval_step = make_eval_step(graphdef, rest)
+    params = jax.device_put(params)
+    limit = config.train.eval_batches if batches is None else batches
+    results: dict[str, dict[str, float]] = {}
+    for name, docs in data.validation.items():
+        rows = pack_documents(docs, data_cfg.seq_len, drop_remainder=False)
+        val_batches = fixed_batches(rows, data_cfg.batch_size, limit or -(-len(rows) // data_cfg.batch_size))
+        loss = mean_nll(eval_step, params, val_batches)
+        tokens = int(sum(b["loss_mask"].sum() for b in val_batches))
+        results[name] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+    results["_step"] = {"step": int(meta["step"])}
+    return results
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise app.UsageError("both --config (e.g. configs/tiny.py) and --workdir (e.g. runs/demo) are required")
+    results = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _BATCHES.value)
+    step = results.pop("_step")["step"]
+    print(f"checkpoint step {step} in {_WORKDIR.value}")
+    print(f"{'corpus':<28} {'loss (nats)':>12} {'perplexity':>12} {'tokens':>10}")
+    for name, r in results.items():
+        print(f"{name:<28} {r['loss']:>12.4f} {r['perplexity']:>12.2f} {r['tokens']:>10,}")
+    with open(os.path.join(_WORKDIR.value, f"eval_step{step}.json"), "w") as f:
+        json.dump({"step": step, **results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,174 @@
+"""Training checkpoints with orbax (``orbax.checkpoint.experimental.v1``, the v1 API in orbax-checkpoint 0.12).
+
+Layout: ``WORKDIR/checkpoints/<step>/`` with three checkpointables:
+
+* ``params``  the model parameters (flat dict ``"a/b/c" -> array``; see ``flatten``),
+* ``train``   the rest of the train state: optimizer state, step, skipped-step counters, RNG key data,
+* ``meta``    JSON: step, the grain data-iterator state, the ModelConfig (``ModelConfig.to_dict``) and the name of the
+              compact vocabulary file (``WORKDIR/compact_vocab.json``, see ``qwen35_jax.data.text_dataset``; ids the
+              model sees are compact ids when it exists).
+
+Saves are asynchronous (orbax writes into a temporary directory and renames it when complete, so a crash never
+leaves a half-written ``<step>`` directory); the next save or ``wait()`` finalises the previous one, after which all
+but the newest ``keep`` complete checkpoints are deleted. ``restore_latest`` tries the newest checkpoint first; a
+checkpoint that cannot be read completely (truncated / corrupt files) is reported with a warning, renamed to
+``<step>.unreadable-<n>`` (kept for inspection, never deleted) and the previous one is used.
+
+  config, params = load_params("runs/demo")            # newest readable checkpoint of a workdir
+  config, params = load_params("runs/demo", step=200)  # or a given step; also accepts .../checkpoints[/<step>]
+  model = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))), params)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint.experimental.v1 as ocp
+from flax import nnx
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.data.text_dataset import VOCAB_FILE
+
+CHECKPOINT_DIR = "checkpoints"
+log = logging.getLogger(__name__)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """``{"a/b/0": leaf}`` for every leaf of ``tree`` (a plain dict of arrays is what orbax stores most simply)."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        flat[key] = leaf
+    return flat
+
+
+def unflatten(template: Any, flat: dict[str, Any]) -> Any:
+    """Inverse of ``flatten`` with ``template``'s tree structure."""
+    keys = list(flatten(template))
+    treedef = jax.tree.structure(template)
+    return jax.tree.unflatten(treedef, [flat[k] for k in keys])
+
+
+def _abstract(tree: Any) -> dict[str, Any]:
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
+            for k, v in flatten(tree).items()}
+
+
+def _step_dirs(directory: str) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def checkpoint_root(path: str | os.PathLike) -> str:
+    """``WORKDIR/checkpoints`` for a workdir, or ``path`` itself if it already is a checkpoints folder."""
+    path = os.fspath(path)
+    return path if os.path.basename(os.path.normpath(path)) == CHECKPOINT_DIR else os.path.join(path, CHECKPOINT_DIR)
+
+
+class Checkpoints:
+    """Async save / keep-last-K / resume-from-newest-readable for one training run."""
+
+    def __init__(self, workdir: str | os.PathLike, keep: int) -> None:
+        if keep < 1:
+            raise ValueError(f"config.checkpoint.keep={keep} is invalid: keep at least 1 checkpoint")
+        self.directory = checkpoint_root(workdir)
+        self.keep = keep
+        self._pending: Any = None
+
+    def steps(self) -> list[int]:
+        """Steps of the complete (renamed-into-place) checkpoints, oldest first."""
+        return _step_dirs(self.directory)
+
+    def save(self, step: int, params: Any, train: Any, meta: dict[str, Any]) -> None:
+        """Start saving (returns once the arrays are copied off the devices). A step that already has a complete
+        checkpoint is left alone (never overwritten)."""
+        self.wait()
+        path = os.path.join(self.directory, str(step))
+        if os.path.exists(path):
+            log.warning("checkpoint %s already exists; not overwriting it", path)
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        self._pending = ocp.save_checkpointables_async(
+            path, {"params": flatten(params), "train": flatten(train), "meta": meta})
+
+    def wait(self) -> None:
+        """Finish the pending save, then delete all but the newest ``keep`` complete checkpoints."""
+        if self._pending is None:
+            return
+        self._pending.result()
+        self._pending = None
+        for step in self.steps()[:-self.keep]:
+            shutil.rmtree(os.path.join(self.directory, str(step)))
+
+    def restore_latest(self, params: Any, train: Any) -> tuple[Any, Any, dict[str, Any]] | None:
+        """``(params, train, meta)`` from the newest readable checkpoint, shaped/sharded like the given templates;
+        None when there is none."""
+        for step in reversed(self.steps()):
+            path = os.path.join(self.directory, str(step))
+            try:
+                loaded = ocp.load_checkpointables(
+                    path, {"params": _abstract(params), "train": _abstract(train), "meta": None})
+                return unflatten(params, loaded["params"]), unflatten(train, loaded["train"]), loaded["meta"]
+            except Exception as error:  # noqa: BLE001 - any read failure means "not usable"; say why and go on
+                moved = _set_aside(path)
+                log.warning("checkpoint %s is incomplete or unreadable (%s: %s); moved it to %s and trying the "
+                            "previous checkpoint", path, type(error).__name__, str(error)[:300], moved)
+        return None
+
+
+def _set_aside(path: str) -> str:
+    n = 0
+    while os.path.exists(f"{path}.unreadable-{n}"):
+        n += 1
+    os.rename(path, f"{path}.unreadable-{n}")
+    return f"{path}.unreadable-{n}"
+
+
+def _resolve(path: str | os.PathLike, step: int | None) -> str:
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, "meta")) and step is None:
+        return path  # a step directory
+    root = checkpoint_root(path)
+    steps = _step_dirs(root)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {root}; train first (python -m experiments.train ...)")
+    if step is None:
+        return os.path.join(root, str(steps[-1]))
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {root}; available steps: {steps}")
+    return os.path.join(root, str(step))
+
+
+def load_meta(path: str | os.PathLike, step: int | None = None) -> tuple[str, dict[str, Any]]:
+    """``(checkpoint directory, meta dict)`` of the newest (or ``step``) checkpoint under ``path``."""
+    directory = _resolve(path, step)
+    return directory, ocp.load_checkpointables(directory, {"meta": None})["meta"]
+
+
+def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, nnx.State]:
+    """The ModelConfig and parameters (an ``nnx.State`` of ``nnx.Param``, host/default-device arrays) saved by
+    ``experiments.train``; ``path`` is a workdir, its ``checkpoints`` folder or one step directory. The compact
+    vocabulary, if the run used one, is ``vocab_path(meta)`` (``WORKDIR/compact_vocab.json``)."""
+    directory, meta = load_meta(path, step)
+    config = ModelConfig.from_dict(meta["model_config"])
+    from qwen35_jax.model import Qwen35ForCausalLM  # local: keeps this module light for the data tools
+
+    abstract = nnx.state(nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0))), nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    template = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device), abstract)
+    loaded = ocp.load_checkpointables(directory, {"params": {k: v for k, v in flatten(template).items()}})
+    return config, unflatten(abstract, {k: np.asarray(v) for k, v in loaded["params"].items()})
+
+
+def vocab_path(checkpoint_dir: str | os.PathLike) -> str | None:
+    """The compact vocabulary file of the run a checkpoint belongs to (None if the run used real Qwen ids)."""
+    workdir = os.path.dirname(os.path.dirname(os.path.normpath(os.fspath(checkpoint_dir))))
+    path = os.path.join(workdir, VOCAB_FILE)
+    return path if os.path.exists(path) else None

@@ -1,0 +1,133 @@
+"""The experiment config's training sections, their defaults and up-front validation.
+
+``validate_config(config)`` fills missing fields with ``DEFAULTS``, rejects unknown fields, wrong types and bad
+values with a ``ValueError`` naming ``config.<section>.<field>`` and the fix, and returns the ModelConfig — all
+before any data is tokenised or anything compiled. (Unknown *command-line* overrides are rejected earlier by
+ml_collections' ``config_flags``, whose message names the key.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.data.text_dataset import parse_corpora
+
+DATA_KINDS = ("text",)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "kind": "text",  # data source; see qwen35_jax.train.loop.DATA_SOURCES
+        # comma-separated: shakespeare, wiki_en, wiki_fr, wiki_es, files:<glob>, arrayrecord:<glob>
+        "corpora": "shakespeare",
+        "seq_len": 256,
+        "batch_size": 8,  # global batch (all processes, all micro-batches)
+        "seed": 0,  # shuffling
+        "split_seed": 0,  # which documents are held out
+        "validation_fraction": 0.05,
+        "compact_vocab": True,
+        "compact_vocab_max_size": 0,
+    },
+    "train": {
+        "steps": 100,
+        "learning_rate": 3e-3,
+        "warmup_steps": 10,
+        "min_lr_ratio": 0.1,
+        "weight_decay": 0.1,
+        "decay_embeddings": False,
+        "b1": 0.9,
+        "b2": 0.95,
+        "grad_clip_norm": 1.0,
+        "grad_accum_steps": 1,
+        "z_loss": 0.0,
+        "aux_loss_coef": -1.0,  # < 0: the model's router_aux_loss_coef
+        "log_every": 10,
+        "eval_every": 0,  # 0: validate only at the start and the end
+        "eval_batches": 4,
+        "max_nonfinite_in_a_row": 10,
+        "debug_nan_steps": (),  # steps whose loss is forced to NaN (tests of the skip logic)
+        "peak_flops_per_device": 0.0,  # 0: known accelerators by device kind; needed for MFU on CPU
+    },
+    "checkpoint": {
+        "every": 50,  # steps between saves (plus one at the end and on SIGTERM)
+        "keep": 3,
+    },
+}
+SECTIONS = ("seed", "model", "data", "train", "checkpoint", "mesh", "multihost")
+
+
+def _require(ok: bool, field: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field}={value!r} is invalid: {fix}")
+
+
+def _check_type(field: str, value: Any, default: Any) -> None:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = isinstance(value, type(default))
+    _require(ok, field, value, f"must be of type {type(default).__name__} (like the default {default!r})")
+
+
+def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with every section of ``DEFAULTS`` complete; unknown fields and types rejected."""
+    unknown = sorted(set(config.keys()) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"config has unknown top-level field(s) {unknown}; valid fields: {SECTIONS}")
+    config = ml_collections.ConfigDict(config.to_dict())
+    for section, defaults in DEFAULTS.items():
+        values = dict(config.get(section, {}))
+        bad = sorted(set(values) - set(defaults))
+        if bad:
+            raise ValueError(f"config.{section} has unknown field(s) {bad}; valid fields: {sorted(defaults)}")
+        for name, value in values.items():
+            _check_type(f"{section}.{name}", value, defaults[name])
+        merged = {**defaults, **values}
+        config[section] = ml_collections.ConfigDict(
+            {k: (float(v) if isinstance(defaults[k], float) else v) for k, v in merged.items()})
+    if "seed" not in config:
+        config.seed = 0
+    return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """Check every field the loop uses (see the module docstring); returns the model config (its vocab_size is
+    replaced later when a compact vocabulary is built)."""
+    if "model" not in config:
+        raise ValueError("config.model is missing: the experiment config needs a model section (see configs/tiny.py)")
+    config = fill_defaults(config)
+    data, train, ckpt = config.data, config.train, config.checkpoint
+    _require(data.kind in DATA_KINDS, "data.kind", data.kind, f"choose one of {DATA_KINDS}")
+    parse_corpora(data.corpora)
+    for name in ("seq_len", "batch_size"):
+        _require(data[name] >= 1, f"data.{name}", data[name], "must be >= 1")
+    _require(0 < data.validation_fraction < 1, "data.validation_fraction", data.validation_fraction,
+             "must be in (0, 1), e.g. 0.05")
+    _require(data.compact_vocab_max_size == 0 or data.compact_vocab_max_size >= 3, "data.compact_vocab_max_size",
+             data.compact_vocab_max_size, "use 0 (no cap) or a size >= 3")
+    for name in ("steps", "log_every", "eval_batches", "grad_accum_steps", "max_nonfinite_in_a_row"):
+        _require(train[name] >= 1, f"train.{name}", train[name], "must be >= 1")
+    _require(0 <= train.warmup_steps <= train.steps, "train.warmup_steps", train.warmup_steps,
+             f"must be in [0, train.steps={train.steps}]")
+    _require(train.eval_every >= 0, "train.eval_every", train.eval_every, "use 0 (start and end only) or >= 1")
+    _require(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "must be > 0, e.g. 3e-3")
+    _require(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", train.min_lr_ratio, "must be in [0, 1]")
+    _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "must be >= 0")
+    _require(train.grad_clip_norm > 0, "train.grad_clip_norm", train.grad_clip_norm, "must be > 0, e.g. 1.0")
+    _require(train.z_loss >= 0, "train.z_loss", train.z_loss, "must be >= 0 (0 disables it; e.g. 1e-4)")
+    _require(data.batch_size % train.grad_accum_steps == 0, "data.batch_size", data.batch_size,
+             f"must be a multiple of train.grad_accum_steps={train.grad_accum_steps}")
+    _require(ckpt.every >= 1, "checkpoint.every", ckpt.every, "must be >= 1")
+    _require(ckpt.keep >= 1, "checkpoint.keep", ckpt.keep, "must be >= 1")
+    try:
+        return ModelConfig.from_dict(config.model.to_dict())
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config.model is invalid: {error}") from error

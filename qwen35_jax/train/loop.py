@@ -1,0 +1,281 @@
+"""The training loop behind ``python -m experiments.train``: config → data → sharded model → steps → checkpoints.
+
+  records = train_and_evaluate(config, workdir)
+
+Same code on CPU, GPU and TPU: the model and batches live on the mesh of ``config.mesh`` (a 1-device mesh by
+default; see ``qwen35_jax.parallel``), each process feeds its rows of the global batch (``parallel.multihost``).
+A rerun of the same command resumes from the newest readable checkpoint in ``WORKDIR/checkpoints`` with the data
+iterator, optimizer and RNG state, so on CPU the losses after a resume equal an uninterrupted run's bit for bit.
+SIGTERM saves a checkpoint and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.data import fixed_batches, pack_documents, prepare_text_data, train_dataset
+from qwen35_jax.data.text_dataset import VOCAB_FILE
+from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.parallel import MeshConfig, build_mesh, install_hooks, multihost, shard_model, validate
+from qwen35_jax.parallel.rules import spec_for
+from qwen35_jax.train.checkpoint import Checkpoints
+from qwen35_jax.train.config_schema import fill_defaults, validate_config
+from qwen35_jax.train.flops import peak_flops_per_device, training_flops_per_token
+from qwen35_jax.train.metrics import CURVES_FILE, MetricsLog, Progress, plot_curves
+from qwen35_jax.train.optimizer import make_optimizer
+from qwen35_jax.train.step import all_finite, make_eval_step, make_train_step, mean_nll
+
+log = logging.getLogger(__name__)
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class DataSource:
+    """What a data source gives the loop: the model config adjusted to the data (vocab size), a grain iterator of
+    this process's training rows (with ``get_state``/``set_state``), validation batches per name (global, host)."""
+
+    model_config: ModelConfig
+    train: Any
+    validation: dict[str, list[Batch]]
+    train_tokens: int
+
+
+def text_source(config: ml_collections.ConfigDict, model_config: ModelConfig, workdir: str) -> DataSource:
+    data_cfg = config.data
+    data = prepare_text_data(
+        data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
+        split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
+        compact_vocab_max_size=data_cfg.compact_vocab_max_size or None)
+    if data.vocab is not None:
+        model_config = model_config.replace(vocab_size=data.vocab_size)
+    elif model_config.vocab_size < data.vocab_size:
+        raise ValueError(f"config.model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+                         f"{data.vocab_size} ids; set it to {data.vocab_size} or use data.compact_vocab=True")
+    rows = pack_documents(data.train, data_cfg.seq_len, drop_remainder=True)
+    iterator = iter(train_dataset(rows, global_batch_size=data_cfg.batch_size, seed=data_cfg.seed))
+    validation = {name: fixed_batches(pack_documents(docs, data_cfg.seq_len, drop_remainder=False),
+                                      data_cfg.batch_size, config.train.eval_batches)
+                  for name, docs in data.validation.items()}
+    return DataSource(model_config, iterator, validation, sum(len(d) for d in data.train))
+
+
+# config.data.kind -> builder; another source (e.g. image captions) registers here. Extra batch fields are passed
+# to the model by name (see train.step.model_inputs).
+DATA_SOURCES: dict[str, Callable[[ml_collections.ConfigDict, ModelConfig, str], DataSource]] = {"text": text_source}
+
+
+def batch_sharding(mesh: Mesh, mesh_config: MeshConfig, config: ml_collections.ConfigDict) -> NamedSharding:
+    """Sharding of ``[batch, seq]`` arrays; checks the batch divides the data-parallel ways (per micro-batch)."""
+    spec = spec_for(("act_batch", "act_seq"), (None, None), mesh, mesh_config.rules, "batch")
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
+    ways = math.prod(mesh.shape[a] for a in axes)
+    accum, batch = config.train.grad_accum_steps, config.data.batch_size
+    if batch % (ways * accum):
+        raise ValueError(f"config.data.batch_size={batch} is not divisible by the data-parallel size {ways} "
+                         f"(mesh axes {axes}) x train.grad_accum_steps={accum}; use a multiple of {ways * accum}")
+    return NamedSharding(mesh, spec_for(("act_batch", "act_seq"), (batch // accum, config.data.seq_len), mesh,
+                                        mesh_config.rules, "batch"))
+
+
+def setup_mesh(config: ml_collections.ConfigDict) -> tuple[MeshConfig, Mesh, NamedSharding]:
+    """Validate the config (``config_schema``) and build the mesh and the batch sharding: every check that needs
+    no data or model (unknown keys, types, values, batch vs data-parallel size) fails here with a ValueError."""
+    validate_config(config)
+    config = fill_defaults(config)
+    multihost.initialize(config.get("multihost"))
+    mesh_config = MeshConfig.from_config(config.get("mesh"))
+    mesh = build_mesh(mesh_config)
+    return mesh_config, mesh, batch_sharding(mesh, mesh_config, config)
+
+
+def to_global(batch: Batch, sharding: NamedSharding, global_rows: int) -> dict[str, jax.Array]:
+    return {k: multihost.global_batch(v, sharding, (global_rows, *v.shape[1:])) for k, v in batch.items()}
+
+
+def _local(batch: Batch, sharding: NamedSharding) -> Batch:
+    rows = multihost.process_rows(sharding, batch["input_ids"].shape)
+    return {k: v[rows] for k, v in batch.items()}
+
+
+class _Stop:
+    """Set by SIGTERM; the loop saves a checkpoint and returns at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _Stop:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Run (or resume) the training; returns the metric records (also in ``workdir/metrics.jsonl``)."""
+    model_config = validate_config(config)
+    mesh_config, mesh, sharding = setup_mesh(config)
+    config = fill_defaults(config)
+    train_cfg, data_cfg = config.train, config.data
+    run_start = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+
+    source = DATA_SOURCES[data_cfg.kind](config, model_config, workdir)
+    model_config = source.model_config
+    validate(model_config, mesh, mesh_config)  # shapes only: every parameter shards evenly
+    data_seconds = time.perf_counter() - run_start
+
+    begin = time.perf_counter()
+    model = Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(config.seed))
+    shard_model(model, mesh, mesh_config.rules)
+    install_hooks(model, model_config, mesh, mesh_config)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    del model
+    tx, schedule = make_optimizer(train_cfg, params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    train_state = {"opt_state": jax.jit(tx.init)(params), "step": jnp.zeros((), jnp.int32),
+                   "skipped": jnp.zeros((), jnp.int32), "skipped_in_a_row": jnp.zeros((), jnp.int32),
+                   "rng": jax.random.key_data(jax.random.key(config.seed))}
+    # Every leaf on the mesh with a NamedSharding (scalars replicated): the step's signature never changes.
+    train_state = jax.tree.map(lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
+                               else jax.device_put(x, replicated), train_state)
+    checkpoints = Checkpoints(workdir, config.checkpoint.keep)
+    restored = checkpoints.restore_latest(params, train_state)
+    start_step = 0
+    if restored is not None:
+        params, train_state, meta = restored
+        start_step = int(meta["step"])
+        if ModelConfig.from_dict(meta["model_config"]) != model_config:
+            raise ValueError(f"the checkpoint at step {start_step} in {checkpoints.directory} was trained with a "
+                             "different model config; use a new --workdir for a new model")
+        source.train.set_state(meta["data_iterator"])
+        multihost.log_once("resuming from step %d (%s)", start_step, checkpoints.directory)
+    state = {"params": params, **train_state}
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    init_seconds = time.perf_counter() - begin
+
+    metrics = MetricsLog(workdir, resume_step=start_step if restored is not None else None)
+    if restored is not None:
+        print(f"resumed from checkpoint step {start_step} in {checkpoints.directory}", flush=True)
+        metrics.write({"event": "resume", "from_step": start_step})
+    metrics.write({"event": "data", "train_tokens": source.train_tokens, "vocab_size": model_config.vocab_size,
+                   "seconds": round(data_seconds, 2)})
+    metrics.write({"event": "model", "params": num_params, "devices": jax.device_count(),
+                   "mesh": dict(mesh.shape), "seconds": round(init_seconds, 2)})
+
+    eval_step = make_eval_step(graphdef, rest)
+    validation = {name: [to_global(_local(b, sharding), sharding, b["input_ids"].shape[0]) for b in batches]
+                  for name, batches in source.validation.items()}
+
+    def run_validation(step: int) -> None:
+        begin = time.perf_counter()
+        record: dict[str, Any] = {"step": step}
+        for name, batches in validation.items():
+            record[f"val_loss/{name}"] = mean_nll(eval_step, state["params"], batches)
+            record[f"val_ppl/{name}"] = math.exp(min(record[f"val_loss/{name}"], 50.0))
+        record["seconds"] = round(time.perf_counter() - begin, 2)
+        metrics.write(record)
+
+    def save(step: int) -> None:
+        if not bool(all_finite(state)):
+            log.warning("not saving step %d: the train state has non-finite values", step)
+            return
+        meta = {"step": step, "data_iterator": source.train.get_state(), "model_config": model_config.to_dict(),
+                "vocab_file": VOCAB_FILE if data_cfg.compact_vocab else None}
+        checkpoints.save(step, state["params"], {k: v for k, v in state.items() if k != "params"}, meta)
+
+    if start_step == 0:
+        run_validation(0)
+    train_step = make_train_step(graphdef, rest, tx, schedule, model_config, train_cfg,
+                                 state_shardings=jax.tree.map(lambda x: x.sharding, state),
+                                 batch_sharding=sharding, replicated=replicated)
+    flops_per_token = training_flops_per_token(model_config, data_cfg.seq_len)
+    peak = peak_flops_per_device(override=train_cfg.peak_flops_per_device)
+    tokens_per_step = data_cfg.seq_len * data_cfg.batch_size
+    nan_steps = set(train_cfg.debug_nan_steps)
+    progress = Progress(train_cfg.steps, start_step)
+    last_time, last_step = time.perf_counter(), start_step
+    local_rows = data_cfg.batch_size // jax.process_count()
+    saved_step = start_step if restored is not None else -1
+    step = start_step
+    with _Stop() as stop:
+        for step in range(start_step + 1, train_cfg.steps + 1):
+            batch = to_global(next(source.train), sharding, local_rows * jax.process_count())
+            state, out = train_step(state, batch, jax.device_put(np.asarray(step in nan_steps), replicated))
+            if step == start_step + 1:  # the first step includes compilation: time it apart
+                jax.block_until_ready(out)
+                metrics.write({"event": "compile", "step": step, "seconds": round(time.perf_counter() - last_time, 2)})
+                last_time, last_step = time.perf_counter(), step
+            in_a_row = int(state["skipped_in_a_row"])
+            if in_a_row:
+                log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", step, in_a_row)
+            if in_a_row >= train_cfg.max_nonfinite_in_a_row:
+                metrics.write({"event": "stopped", "step": step, "reason": f"{in_a_row} non-finite steps in a row"})
+                checkpoints.wait()
+                metrics.close()
+                raise FloatingPointError(
+                    f"stopped at step {step}: {in_a_row} consecutive steps had a non-finite loss or gradient "
+                    f"(train.max_nonfinite_in_a_row={train_cfg.max_nonfinite_in_a_row}); the last checkpoint is "
+                    f"{checkpoints.steps()[-1:] or 'none'}. Lower train.learning_rate, raise train.warmup_steps or "
+                    "check the data.")
+            if step % train_cfg.log_every == 0 or step == train_cfg.steps or not bool(out["finite"]):
+                record = {"step": step, **{k: (bool(v) if k == "finite" else float(v))
+                                           for k, v in jax.device_get(out).items()},
+                          "skipped": int(state["skipped"])}
+                now = time.perf_counter()
+                per_step = (now - last_time) / (step - last_step) if step > last_step else None
+                if per_step:
+                    record["tokens_per_s"] = round(tokens_per_step / per_step, 1)
+                    record["model_tflops_per_s"] = flops_per_token * record["tokens_per_s"] / 1e12
+                    if peak:
+                        record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * jax.device_count())
+                record["perplexity"] = math.exp(min(record["ce"], 50.0)) if math.isfinite(record["ce"]) else math.nan
+                metrics.write(record, echo=False)
+                print(progress.line(step, record["loss"], record.get("tokens_per_s"), per_step), flush=True)
+                last_time, last_step = now, step
+            if step % config.checkpoint.every == 0 or stop.requested:
+                save(step)
+                saved_step = step
+            if stop.requested:
+                checkpoints.wait()
+                metrics.write({"event": "preempted", "step": step})
+                metrics.close()
+                return metrics.records
+            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step != train_cfg.steps:
+                run_validation(step)
+                last_time, last_step = time.perf_counter(), step
+    if saved_step != step:
+        save(step)
+    checkpoints.wait()
+    run_validation(step)
+    metrics.write({"event": "done", "step": step, "skipped": int(state["skipped"]),
+                   "seconds": round(time.perf_counter() - run_start, 1)})
+    if jax.process_index() == 0:
+        plot_curves(metrics.records, os.path.join(workdir, CURVES_FILE), title=os.path.basename(workdir.rstrip("/")))
+    metrics.close()
+    return metrics.records
+
+

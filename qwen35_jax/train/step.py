@@ -1,0 +1,146 @@
+"""The jitted training and evaluation steps (pure functions of the train state; see ``state``).
+
+  train_step = make_train_step(graphdef, rest, tx, schedule, model_config, config.train)
+  state, metrics = train_step(state, batch, poison)   # poison: debug flag making this step's loss NaN
+
+One step: (optional) gradient accumulation over ``train.grad_accum_steps`` micro-batches with ``lax.scan``; loss =
+masked next-token cross-entropy + aux-loss coefficient x MoE load-balancing loss + ``train.z_loss`` x mean
+``logsumexp(logits)^2``; AdamW update. A non-finite loss or gradient norm keeps the old parameters and optimizer
+state (the update is skipped) and counts the step in ``skipped`` / ``skipped_in_a_row``.
+
+Batch fields other than ``targets`` / ``loss_mask`` are passed to the model by name (``input_ids`` positionally),
+so a data source may add model inputs (e.g. ``pixel_values``) without changing this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.train.losses import masked_cross_entropy, masked_mean, token_nll
+
+Batch = dict[str, jax.Array]
+LABEL_FIELDS = ("targets", "loss_mask")
+
+
+def model_inputs(batch: Batch) -> dict[str, jax.Array]:
+    return {k: v for k, v in batch.items() if k not in LABEL_FIELDS and k != "input_ids"}
+
+
+def _router_metrics(stats: Any) -> dict[str, jax.Array]:
+    """Expert load fractions x num_experts (1 = perfectly balanced) and the fraction of dropped assignments."""
+    total = jnp.maximum(jnp.sum(stats.assignments), 1.0)
+    load = stats.assignments / total * stats.assignments.shape[-1]
+    return {"expert_load_max": jnp.max(load), "expert_load_min": jnp.min(load),
+            "expert_dropped_fraction": stats.dropped / total}
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, model_config: ModelConfig,
+                 train: ml_collections.ConfigDict) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+    aux_coef = model_config.router_aux_loss_coef if train.aux_loss_coef < 0 else train.aux_loss_coef
+    z_coef = float(train.z_loss)
+
+    def loss_fn(params: nnx.State, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        model = nnx.merge(graphdef, params, rest)
+        out = model(batch["input_ids"], **model_inputs(batch))
+        ce = masked_cross_entropy(out.logits, batch["targets"], batch["loss_mask"])
+        loss = ce + aux_coef * out.aux_loss
+        metrics = {"ce": ce, "aux_loss": out.aux_loss}
+        if z_coef > 0:
+            lse = jax.nn.logsumexp(out.logits.astype(jnp.float32), axis=-1)
+            z = masked_mean(jnp.square(lse), batch["loss_mask"])
+            loss, metrics["z_loss"] = loss + z_coef * z, z
+        if out.router_stats is not None:
+            metrics.update(_router_metrics(out.router_stats))
+        return loss, metrics
+
+    return loss_fn
+
+
+def _accumulate(grad_fn: Callable, params: nnx.State, batch: Batch, steps: int) -> tuple[Any, Any]:
+    """Mean loss/metrics/gradients over ``steps`` equal micro-batches of ``batch`` (scan: one micro-batch live)."""
+    if steps == 1:
+        return grad_fn(params, batch)
+    micro = jax.tree.map(lambda x: x.reshape(steps, x.shape[0] // steps, *x.shape[1:]), batch)
+    zero = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grad_fn, params, batch))
+
+    def body(carry: Any, mb: Batch) -> tuple[Any, None]:
+        out = grad_fn(params, mb)
+        return jax.tree.map(lambda c, o: c + o.astype(jnp.float32) / steps, carry, out), None
+
+    total, _ = jax.lax.scan(body, zero, micro)
+    return total
+
+
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, model_config: ModelConfig, train: ml_collections.ConfigDict, *,
+                    state_shardings: Any = None, batch_sharding: Any = None,
+                    replicated: Any = None) -> Callable[[dict, Batch, jax.Array], tuple[dict, dict]]:
+    """The jitted step. With shardings given, inputs and outputs are pinned to them, so the state a step returns
+    (or a checkpoint restores) has exactly the signature of the first call: one compilation per run."""
+    grad_fn = jax.value_and_grad(make_loss_fn(graphdef, rest, model_config, train), has_aux=True)
+    accum = int(train.grad_accum_steps)
+
+    def step(state: dict, batch: Batch, poison: jax.Array) -> tuple[dict, dict]:
+        params = state["params"]
+        (loss, metrics), grads = _accumulate(grad_fn, params, batch, accum)
+        loss = jnp.where(poison, jnp.nan, loss)  # debug: train.debug_nan_steps
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        applied = state["step"] - state["skipped"]  # optimizer updates so far = the schedule's count
+        new_state = {
+            "params": keep(new_params, params),
+            "opt_state": keep(new_opt_state, state["opt_state"]),
+            "step": state["step"] + 1,
+            "skipped": state["skipped"] + jnp.where(finite, 0, 1),
+            "skipped_in_a_row": jnp.where(finite, 0, state["skipped_in_a_row"] + 1),
+            "rng": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]),
+        }
+        out = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(applied), "finite": finite,
+               **metrics}
+        return new_state, out
+
+    if state_shardings is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, batch_sharding, replicated),
+                   out_shardings=(state_shardings, replicated))
+
+
+def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable[[nnx.State, Batch], tuple[jax.Array, ...]]:
+    """``(params, batch) -> (sum of target NLL over the loss mask, number of targets)``."""
+
+    @jax.jit
+    def eval_step(params: nnx.State, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        model = nnx.merge(graphdef, params, rest)
+        nll = token_nll(model(batch["input_ids"], **model_inputs(batch)).logits, batch["targets"])
+        mask = batch["loss_mask"].astype(jnp.float32)
+        return jnp.sum(nll * mask), jnp.sum(mask)
+
+    return eval_step
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """True when every floating-point leaf of ``tree`` is finite (checked before each checkpoint)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def mean_nll(eval_step: Callable, params: nnx.State, batches: list[Batch]) -> float:
+    """Mean next-token NLL (nats) over every unmasked target of ``batches``."""
+    total, count = 0.0, 0.0
+    for batch in batches:
+        nll, n = eval_step(params, batch)
+        total, count = total + float(nll), count + float(n)
+    return total / max(count, 1.0)

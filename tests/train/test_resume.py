@@ -1,0 +1,129 @@
+"""Crash-safety of ``python -m experiments.train`` on the tiny test config (subprocesses, shared compile cache).
+
+One uninterrupted reference run (with a forced NaN at step 3); one run SIGKILLed after a checkpoint exists and rerun
+with the same command: its per-step losses equal the reference's bit for bit; then the newest checkpoint's files are
+truncated and the same command resumes from the previous checkpoint with a warning naming the bad one.
+"""
+
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+STEPS = 10
+ARGS = ["--config", "configs/tiny.py:test", f"--config.train.steps={STEPS}", "--config.train.debug_nan_steps=(3,)"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", QWEN35_JAX_CACHE=str(tmp_path_factory.mktemp("xla_cache")))
+    env.pop("XLA_FLAGS", None)  # one CPU device, not the 8 virtual ones of conftest.py
+    return env
+
+
+def command(workdir):
+    return [sys.executable, "-m", "experiments.train", *ARGS, "--workdir", str(workdir)]
+
+
+def run(workdir, env):
+    result = subprocess.run(command(workdir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def records_of(workdir):
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(workdir):
+    """Per-step training loss as its JSON text (exact; NaN included), the last record of each step winning."""
+    out = {}
+    with open(workdir / "metrics.jsonl") as f:
+        for line in f:
+            record = json.loads(line)
+            if "loss" in record:
+                out[record["step"]] = json.dumps(record["loss"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    workdir = tmp_path_factory.mktemp("reference")
+    run(workdir, env)
+    return workdir
+
+
+def test_nan_step_is_skipped_and_counted(reference):
+    records = records_of(reference)
+    by_step = {r["step"]: r for r in records if "loss" in r}
+    assert sorted(by_step) == list(range(1, STEPS + 1))
+    assert math.isnan(by_step[3]["loss"]) and by_step[3]["finite"] is False and by_step[3]["skipped"] == 1
+    assert all(math.isfinite(by_step[s]["loss"]) for s in by_step if s != 3)
+    assert by_step[2]["skipped"] == 0 and by_step[STEPS]["skipped"] == 1
+    done = [r for r in records if r.get("event") == "done"]
+    assert done and done[0]["skipped"] == 1
+    val = [r["val_loss/shakespeare"] for r in records if "val_loss/shakespeare" in r]
+    assert len(val) == 2 and val[1] < val[0]
+    assert (reference / "curves.png").stat().st_size > 1000
+    assert any(p.name.startswith("events.out.tfevents") for p in (reference / "tensorboard").iterdir())
+    # keep=2: only the two newest complete checkpoints remain
+    assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()) == [8, 10]
+
+
+def test_sigkill_resume_then_corrupt_checkpoint(reference, tmp_path, env):
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(command(workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = workdir / "checkpoints" / "2"
+    deadline = time.time() + 900
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert first.exists(), "the run ended before writing its first checkpoint"
+    records = records_of(workdir)
+    assert not any(r.get("event") == "done" for r in records), "killed too late: the run had already finished"
+
+    resumed = run(workdir, env)
+    assert "resumed from checkpoint step" in resumed.stdout
+    assert losses(workdir) == losses(reference)  # bit for bit, NaN step included
+
+    # Truncate every file of the newest checkpoint: the same command falls back to the previous one and says so.
+    newest = workdir / "checkpoints" / str(STEPS)
+    for path in newest.rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again = run(workdir, env)
+    assert f"checkpoints/{STEPS} is incomplete or unreadable" in again.stderr
+    assert "resumed from checkpoint step 8" in again.stdout
+    assert (workdir / "checkpoints" / f"{STEPS}.unreadable-0").is_dir()  # kept, not deleted
+    assert (workdir / "checkpoints" / str(STEPS)).is_dir()  # saved again at the end
+    assert losses(workdir) == losses(reference)
+
+
+def test_eval_and_load_params(reference, env):
+    result = subprocess.run([sys.executable, "-m", "experiments.eval", *ARGS[:2], "--workdir", str(reference)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"checkpoint step {STEPS}" in result.stdout
+    evaluated = json.loads((reference / f"eval_step{STEPS}.json").read_text())["shakespeare"]
+    trained = [r for r in records_of(reference) if "val_loss/shakespeare" in r][-1]
+    assert evaluated["loss"] == pytest.approx(trained["val_loss/shakespeare"], abs=1e-5)
+    assert evaluated["perplexity"] == pytest.approx(math.exp(evaluated["loss"]))
+
+    from qwen35_jax.train.checkpoint import load_params, vocab_path
+
+    config, params = load_params(reference, step=8)
+    assert config.vocab_size == 256 and config.hidden_size == 32
+    assert params["embed_tokens"].shape == (256, 32)
+    assert vocab_path(reference / "checkpoints" / "8") == str(reference / "compact_vocab.json")
+    with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
+        load_params(reference, step=7)

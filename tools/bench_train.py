@@ -1,0 +1,289 @@
+"""Benchmark of one training step (forward, backward, AdamW): ours side by side with transformers' PyTorch.
+
+    python -m tools.bench_train [--configs dense,moe] [--repeats 5] [--gdn-impl chunked]
+                                [--xla-flags "..."] [--ref-python .venv-ref/bin/python] [--no-peers] [--json out.json]
+
+One fixed small config (the issue's): vocab 4096, hidden 256, 8 layers (3 GDN : 1 attention), 4 attention heads /
+2 kv of dim 64, linear heads 4 k / 8 v of dim 32, conv 4, dense SwiGLU 768 or (``moe``) 8 experts top-2 of width 128
+plus a shared expert of width 128, untied head, no MTP, batch 4 x 512, fp32 everywhere.
+
+Ours: ``Qwen35ForCausalLM`` split into (graphdef, params), next-token cross-entropy
+(``qwen35_jax.train.masked_cross_entropy``) + ``router_aux_loss_coef`` x the MoE aux loss, ``optax.adamw``; the step
+is one ``jax.jit`` with the params and optimizer state donated. Peer: ``transformers``' ``Qwen3_5ForCausalLM`` /
+``Qwen3_5MoeForCausalLM`` (``labels=`` loss, MoE with ``output_router_logits=True`` so the aux loss is trained too),
+``loss.backward(); torch.optim.AdamW.step()``, ``torch.set_num_threads(os.cpu_count())``, run by
+``tools/hf_reference/bench_train_torch.py`` with ``--ref-python`` (default ``$HF_REF_PYTHON``, else
+``.venv-ref/bin/python``). Both sides draw the same random token batch from a fixed NumPy seed.
+
+Each (config, implementation) runs in a fresh worker process: one warm-up step (ours: the AOT compile is timed apart
+as "compile s"), then ``--repeats`` timed steps; the table gives the median step time, tokens/s = 4·512 / median, the
+median process CPU seconds per step ("cpu s", all threads: the steadier measure when other jobs share the cores),
+the peak RSS of the worker (``getrusage``), and speed = ours / transformers (tokens/s) for the same config. Other
+processes share the machine: the 1-minute load average is printed before and after.
+
+XLA settings (chosen by measurement, see ``DEFAULT_GDN_IMPL`` / ``DEFAULT_XLA_FLAGS``) are set inside the worker only
+(``XLA_FLAGS`` before jax is imported); ``--gdn-impl`` / ``--xla-flags`` override them to compare variants, and
+``--variants`` runs several of ours in one table (``name=gdn_impl[:flags]``, ``;``-separated).
+
+This file is also the JAX worker (``--worker``); the module imports only the standard library at top level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TORCH_WORKER = REPO / "tools" / "hf_reference" / "bench_train_torch.py"
+BATCH, SEQ = 4, 512
+SEED = 0
+LEARNING_RATE = 1e-4
+# Chosen by measurement on the 2-core CPU (see the report in the module docstring of each variant run).
+DEFAULT_GDN_IMPL = "chunked"
+DEFAULT_XLA_FLAGS = ""
+
+# Field names shared by ModelConfig and transformers' Qwen3_5TextConfig / Qwen3_5MoeTextConfig.
+COMMON = dict(
+    vocab_size=4096,
+    hidden_size=256,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    linear_num_key_heads=4,
+    linear_num_value_heads=8,
+    linear_key_head_dim=32,
+    linear_value_head_dim=32,
+    linear_conv_kernel_dim=4,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    router_aux_loss_coef=0.001,
+)
+DENSE = dict(intermediate_size=768)
+MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128, shared_expert_intermediate_size=128)
+ROPE = dict(rope_theta=1e7, partial_rotary_factor=0.25, mrope_section=[3, 3, 2])  # rotary 16 dims: 8 frequencies
+CONFIGS = ("dense", "moe")
+
+
+def model_fields(config: str) -> dict:
+    """The benchmark config as plain fields (HF names); ``config`` is ``dense`` or ``moe``."""
+    if config not in CONFIGS:
+        raise ValueError(f"--configs: unknown config {config!r}; choose from {CONFIGS}")
+    return dict(COMMON, **(DENSE if config == "dense" else MOE), **ROPE)
+
+
+def token_batch():
+    """The random token batch ``[BATCH, SEQ]`` int64 (identical for every implementation)."""
+    import numpy as np
+
+    return np.random.default_rng(SEED).integers(0, COMMON["vocab_size"], size=(BATCH, SEQ), dtype=np.int64)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_steps(step, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds (all threads, user + sys) of ``repeats`` calls of ``step()`` (each must block
+    until its result is ready). CPU time is the steadier measure of work when other jobs share the cores."""
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), cpu()
+        step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(cpu() - start_cpu)
+    return times, cpu_times
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JAX worker
+# ---------------------------------------------------------------------------------------------------------------
+def _worker_jax(config: str, gdn_impl: str, repeats: int) -> dict:
+    sys.path.insert(0, str(REPO))
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from qwen35_jax.config import ModelConfig
+    from qwen35_jax.model import Qwen35ForCausalLM
+    from qwen35_jax.train import masked_cross_entropy
+
+    fields = model_fields(config)
+    fields.pop("rope_theta"), fields.pop("partial_rotary_factor")
+    model_config = ModelConfig(**fields, mtp_num_hidden_layers=0, gdn_impl=gdn_impl, remat_policy="none",
+                               dtype="float32", param_dtype="float32")
+    model = Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(SEED))
+    graphdef, params = nnx.split(model, nnx.Param)
+    del model
+    tx = optax.adamw(LEARNING_RATE, weight_decay=0.1)
+    opt_state = tx.init(params)
+
+    ids = jnp.asarray(token_batch(), jnp.int32)
+    targets = jnp.roll(ids, -1, axis=1)
+    loss_mask = jnp.ones_like(ids).at[:, -1].set(0)  # the last position has no next token
+    segment_ids = jnp.ones_like(ids)
+
+    def loss_fn(p):
+        out = nnx.merge(graphdef, p)(ids, segment_ids=segment_ids)
+        return masked_cross_entropy(out.logits, targets, loss_mask) + model_config.router_aux_loss_coef * out.aux_loss
+
+    def step(p, s):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state).compile()
+    compile_s = time.perf_counter() - start
+    state = {"p": params, "s": opt_state}
+    losses = []
+
+    def run():
+        state["p"], state["s"], loss = compiled(state["p"], state["s"])
+        losses.append(float(loss))  # blocks until the step is done
+
+    run()  # warm-up
+    times, cpu_times = time_steps(run, repeats)
+    return {"times": times, "cpu_times": cpu_times, "compile_s": compile_s, "peak_mb": peak_rss_mb(),
+            "loss_first": losses[0], "loss_last": losses[-1], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "gdn_impl": gdn_impl}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------------------
+def _last_result(proc: subprocess.CompletedProcess) -> dict:
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": " | ".join(tail) or f"exit code {proc.returncode}"}
+
+
+def run_ours(config: str, gdn_impl: str, xla_flags: str, repeats: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), XLA_FLAGS=xla_flags)
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", config, "--gdn-impl", gdn_impl,
+           "--repeats", str(repeats)]
+    return _last_result(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env))
+
+
+def run_torch(python: str, config: str, repeats: int) -> dict:
+    spec = {"config": config, "fields": model_fields(config), "batch": BATCH, "seq": SEQ, "seed": SEED,
+            "lr": LEARNING_RATE, "repeats": repeats}
+    cmd = [python, str(TORCH_WORKER), json.dumps(spec)]
+    try:
+        return _last_result(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True))
+    except OSError as err:
+        return {"error": f"cannot run {python}: {err}"}
+
+
+def summarize(result: dict) -> dict:
+    """Median step ms and tokens/s from a worker's per-step times."""
+    if "error" in result:
+        return result
+    median = statistics.median(result["times"])
+    return dict(result, step_ms=1e3 * median, tokens_per_s=BATCH * SEQ / median,
+                cpu_s=statistics.median(result["cpu_times"]))
+
+
+def _fmt(value, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return "-".rjust(width) if value is None else format(value, spec)
+
+
+def parse_variants(text: str | None, gdn_impl: str, xla_flags: str) -> list[tuple[str, str, str]]:
+    """``name=impl[:flags];...`` as (name, gdn_impl, xla_flags); default one row ``ours``."""
+    if not text:
+        return [("ours", gdn_impl, xla_flags)]
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        name, sep, rest = item.partition("=")
+        if not sep:
+            raise ValueError(f"--variants: {item!r} must look like name=gdn_impl[:xla flags]")
+        impl, _, flags = rest.partition(":")
+        out.append((name, impl, flags))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="dense,moe", help="comma-separated: dense, moe")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per case (median), >= 5 recommended")
+    parser.add_argument("--gdn-impl", default=DEFAULT_GDN_IMPL, help="ours: chunked or recurrent")
+    parser.add_argument("--xla-flags", default=DEFAULT_XLA_FLAGS, help="ours: XLA_FLAGS of the worker process")
+    parser.add_argument("--variants", help="several of ours: 'name=gdn_impl[:xla flags];...'")
+    parser.add_argument("--ref-python", default=os.environ.get("HF_REF_PYTHON", ".venv-ref/bin/python"),
+                        help="interpreter with torch + transformers (default $HF_REF_PYTHON)")
+    parser.add_argument("--no-peers", action="store_true", help="skip transformers")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    if args.worker:
+        print("RESULT " + json.dumps(_worker_jax(args.worker, args.gdn_impl, args.repeats)), flush=True)
+        return 0
+
+    configs = [c for c in args.configs.split(",") if c]
+    for c in configs:
+        model_fields(c)  # validate before anything runs
+    variants = parse_variants(args.variants, args.gdn_impl, args.xla_flags)
+    ref_python = args.ref_python if os.path.isabs(args.ref_python) else str(REPO / args.ref_python)
+    notes = []
+    peers = not args.no_peers
+    if peers and not os.path.exists(ref_python):
+        notes.append(f"transformers: not run, no interpreter at {ref_python} (pass --ref-python or set "
+                     "HF_REF_PYTHON to the reference environment: torch + transformers)")
+        peers = False
+
+    header = (f"{'config':<7} {'implementation':<22} {'tokens/s':>9} {'step ms':>9} {'cpu s':>6} {'compile s':>9} "
+              f"{'peak MB':>8} {'speed':>6}")
+    print(f"training step (fwd+bwd+AdamW), batch {BATCH}x{SEQ} fp32, median of {args.repeats}; cores "
+          f"{os.cpu_count()}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    print(header)
+    print("-" * len(header), flush=True)
+    results = []
+    for config in configs:
+        jobs = [("transformers", lambda c=config: run_torch(ref_python, c, args.repeats))] if peers else []
+        jobs += [(f"{name} ({impl})", lambda c=config, i=impl, f=flags: run_ours(c, i, f, args.repeats))
+                 for name, impl, flags in variants]
+        reference = None
+        for name, job in jobs:  # each row is printed as soon as its worker is done
+            res = summarize(job())
+            if name == "transformers" and "error" not in res:
+                reference = res
+            if "error" in res:
+                notes.append(f"{config} {name} failed: {res['error']}")
+            speed = None
+            if reference and "error" not in res:
+                speed = res["tokens_per_s"] / reference["tokens_per_s"]
+            print(f"{config:<7} {name:<22} {_fmt(res.get('tokens_per_s'), '9.0f')} {_fmt(res.get('step_ms'), '9.1f')} "
+                  f"{_fmt(res.get('cpu_s'), '6.2f')} {_fmt(res.get('compile_s'), '9.1f')} "
+                  f"{_fmt(res.get('peak_mb'), '8.0f')} {_fmt(speed, '6.2f')}", flush=True)
+            results.append({"config": config, "implementation": name, **res, "speed_vs_transformers": speed})
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    for note in notes:
+        print("note:", note)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"results": results, "notes": notes}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,11 +28,14 @@ from qwen35_jax.train.cli import run
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
 from qwen35_jax.train.step import make_eval_step, mean_nll
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment config the checkpoint was trained with.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/ and the token cache).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_BATCHES = flags.DEFINE_integer("batches", None, "Validation batches per corpus (0: all; default: "
-                                "config.train.eval_batches).")
+# Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
+# command-line modules can be imported in one process.
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment config the checkpoint was trained with.")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/ and the token cache).")
+    _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+    _BATCHES = flags.DEFINE_integer("batches", None, "Validation batches per corpus (0: all; default: "
+                                    "config.train.eval_batches).")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,

@@ -17,18 +17,21 @@ import sys
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "training run directory (qwen35_jax.train checkpoints)")
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step of --workdir (default: the newest)")
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "transformers checkpoint directory (config.json + safetensors)")
-_CKPT = flags.DEFINE_string("ckpt", None, "checkpoint written by `python -m tools.convert_hf import`")
-_PROMPT = flags.DEFINE_multi_string("prompt", None, "prompt text (repeat the flag for a batch)")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate per prompt")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "0 = off")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "1 = off")
-_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
-_NO_STOP = flags.DEFINE_bool("no_stop", False, "do not stop at end-of-text tokens")
+# Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
+# command-line modules can be imported in one process.
+if __name__ == "__main__":
+    _WORKDIR = flags.DEFINE_string("workdir", None, "training run directory (qwen35_jax.train checkpoints)")
+    _STEP = flags.DEFINE_integer("step", None, "checkpoint step of --workdir (default: the newest)")
+    _HF_DIR = flags.DEFINE_string("hf_dir", None, "transformers checkpoint directory (config.json + safetensors)")
+    _CKPT = flags.DEFINE_string("ckpt", None, "checkpoint written by `python -m tools.convert_hf import`")
+    _PROMPT = flags.DEFINE_multi_string("prompt", None, "prompt text (repeat the flag for a batch)")
+    _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate per prompt")
+    _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy")
+    _TOP_K = flags.DEFINE_integer("top_k", 0, "0 = off")
+    _TOP_P = flags.DEFINE_float("top_p", 1.0, "1 = off")
+    _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+    _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
+    _NO_STOP = flags.DEFINE_bool("no_stop", False, "do not stop at end-of-text tokens")
 
 STOP_NAMES = ("<|endoftext|>", "<|im_end|>")
 

@@ -25,11 +25,14 @@ from absl import app, flags
 from qwen35_jax.train.cli import run
 from qwen35_jax.train.metrics import read_records
 
-_CONFIG = flags.DEFINE_string("config", None, "Experiment config file[:variant], as for experiments.train.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the points' workdirs, results.md and sweep.png.")
-_SWEEP = flags.DEFINE_string("sweep", None, "Axes 'a.b=v1,v2;c.d=w1,w2' (cartesian product).")
-_SET = flags.DEFINE_string("sweep_set", "", "Overrides for every point, 'a.b=v;c.d=w'.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+# Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
+# command-line modules can be imported in one process.
+if __name__ == "__main__":
+    _CONFIG = flags.DEFINE_string("config", None, "Experiment config file[:variant], as for experiments.train.")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the points' workdirs, results.md and sweep.png.")
+    _SWEEP = flags.DEFINE_string("sweep", None, "Axes 'a.b=v1,v2;c.d=w1,w2' (cartesian product).")
+    _SET = flags.DEFINE_string("sweep_set", "", "Overrides for every point, 'a.b=v;c.d=w'.")
+    _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
 
 
 def parse_axes(spec: str, what: str = "--sweep") -> list[tuple[str, list[str]]]:

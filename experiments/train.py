@@ -20,8 +20,11 @@ from qwen35_jax.train.metrics import METRICS_FILE
 
 __all__ = ["METRICS_FILE", "train_and_evaluate", "validate_config"]
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics, token cache, vocabulary.")
+# Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
+# command-line modules can be imported in one process.
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics, token cache, vocabulary.")
 
 
 def main(argv: list[str]) -> None:

@@ -62,20 +62,24 @@ class Chip:
 CHIPS = {"v5p": Chip(95e9 / GIB, 459e12), "v5e": Chip(16e9 / GIB, 197e12), "v6e": Chip(32e9 / GIB, 918e12)}
 SWEEP_TOPOLOGIES = ("v5p:4x4x4", "v5p:8x8x4", "v6e:8x8")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=False)
-_TOPOLOGY = flags.DEFINE_string("topology", "v5p:8x8x4", "TPU topology, e.g. v5p:8x8x4, v5e:16x16, v6e:8x8.")
-_MESH = flags.DEFINE_string("mesh", "", "Mesh axis overrides, e.g. fsdp=32,expert=8 (axes: data, fsdp, sequence, "
-                            "expert, tensor; -1 = the remaining chips).")
-_SEQ = flags.DEFINE_integer("seq", 4096, "Tokens per sequence.")
-_BATCH = flags.DEFINE_integer("batch_per_chip", 1, "Sequences per chip (global batch = this x chips).")
-_LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 512, "Positions per LM-head / cross-entropy chunk.")
-_GDN_IMPL = flags.DEFINE_string("gdn_impl", "chunked", "Gated delta rule implementation (chunked | pallas_tpu).")
-_DISPATCH = flags.DEFINE_string("dispatch", None, "Override config.mesh.expert_dispatch (dropless | ragged | "
-                                "capacity).")
-_CAPACITY = flags.DEFINE_float("capacity_factor", None, "Override config.mesh.capacity_factor.")
-_SWEEP = flags.DEFINE_bool("sweep", False, "Compile every released size on a few topologies and print a table.")
-_SWEEP_SIZES = flags.DEFINE_list("sweep_sizes", sorted(PRESETS), "Preset names for --sweep.")
-_SWEEP_TOPOLOGIES = flags.DEFINE_list("sweep_topologies", list(SWEEP_TOPOLOGIES), "Topologies for --sweep.")
+# Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
+# command-line modules can be imported in one process.
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                              lock_config=False)
+    _TOPOLOGY = flags.DEFINE_string("topology", "v5p:8x8x4", "TPU topology, e.g. v5p:8x8x4, v5e:16x16, v6e:8x8.")
+    _MESH = flags.DEFINE_string("mesh", "", "Mesh axis overrides, e.g. fsdp=32,expert=8 (axes: data, fsdp, sequence, "
+                                "expert, tensor; -1 = the remaining chips).")
+    _SEQ = flags.DEFINE_integer("seq", 4096, "Tokens per sequence.")
+    _BATCH = flags.DEFINE_integer("batch_per_chip", 1, "Sequences per chip (global batch = this x chips).")
+    _LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 512, "Positions per LM-head / cross-entropy chunk.")
+    _GDN_IMPL = flags.DEFINE_string("gdn_impl", "chunked", "Gated delta rule implementation (chunked | pallas_tpu).")
+    _DISPATCH = flags.DEFINE_string("dispatch", None, "Override config.mesh.expert_dispatch (dropless | ragged | "
+                                    "capacity).")
+    _CAPACITY = flags.DEFINE_float("capacity_factor", None, "Override config.mesh.capacity_factor.")
+    _SWEEP = flags.DEFINE_bool("sweep", False, "Compile every released size on a few topologies and print a table.")
+    _SWEEP_SIZES = flags.DEFINE_list("sweep_sizes", sorted(PRESETS), "Preset names for --sweep.")
+    _SWEEP_TOPOLOGIES = flags.DEFINE_list("sweep_topologies", list(SWEEP_TOPOLOGIES), "Topologies for --sweep.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.model.moe import grouped_swiglu, local_experts
+from qwen35_jax.model.moe import grouped_swiglu, local_experts, swiglu_experts
 from qwen35_jax.parallel.rules import Rule, as_axes, spec_for
 
 ACCELERATORS = ("tpu", "gpu", "cuda", "rocm")  # platforms that implement ragged_all_to_all (XLA:CPU does not)
@@ -81,7 +81,7 @@ def ragged_plan(counts: jax.Array, me: jax.Array, buffer: int) -> tuple[RaggedPl
 
 
 def _ragged(tokens: jax.Array, experts: jax.Array, params: Sequence[jax.Array], axes: tuple[str, ...], ep: int,
-            buffer: int) -> tuple[jax.Array, jax.Array]:
+            buffer: int, platform: str) -> tuple[jax.Array, jax.Array]:
     """Per-device body of the ragged dispatch; returns per-assignment outputs ``[n, k, H]`` and the dropped count."""
     n, hidden = tokens.shape
     k = experts.shape[1]
@@ -93,7 +93,7 @@ def _ragged(tokens: jax.Array, experts: jax.Array, params: Sequence[jax.Array], 
     dispatch, back, group_sizes, dropped = ragged_plan(everyone, jax.lax.axis_index(axes), buffer)
     received = ragged_all_to_all(tokens[order // k], jnp.zeros((buffer, hidden), tokens.dtype), *dispatch,
                                  axis_name=axes)
-    out = grouped_swiglu(received, group_sizes, *params)
+    out = grouped_swiglu(received, group_sizes, *params, platform=platform)
     returned = ragged_all_to_all(out, jnp.zeros((n * k, hidden), out.dtype), *back, axis_name=axes)
     per_assignment = jnp.zeros_like(returned).at[order].set(returned).reshape(n, k, hidden)
     return per_assignment, dropped
@@ -116,9 +116,8 @@ def _capacity(tokens: jax.Array, experts: jax.Array, params: Sequence[jax.Array]
     send = jnp.zeros((num_experts * capacity, hidden), tokens.dtype).at[slot].set(tokens[jnp.arange(flat.size) % n],
                                                                                   mode="drop")
     received = jax.lax.all_to_all(send, axes, 0, 0, tiled=True)  # [(source, local expert, slot), H]
-    grouped = received.reshape(ep, e_loc, capacity, hidden).swapaxes(0, 1).reshape(-1, hidden)
-    out = grouped_swiglu(grouped, jnp.full((e_loc,), ep * capacity, jnp.int32), *params)
-    out = out.reshape(e_loc, ep, capacity, hidden).swapaxes(0, 1).reshape(-1, hidden)
+    # Every local expert has ep x capacity slots: plain batched matmuls, no grouping needed.
+    out = swiglu_experts(received.reshape(ep, e_loc, capacity, hidden), *params).reshape(-1, hidden)
     returned = jax.lax.all_to_all(out, axes, 0, 0, tiled=True)  # [(global expert, slot), H]
     per_assignment = returned.at[slot].get(mode="fill", fill_value=0)
     return per_assignment.reshape(k, n, hidden).swapaxes(0, 1), jnp.sum(~keep).astype(jnp.int32)
@@ -166,10 +165,11 @@ class ExpertParallel:
             batch, length, hidden = x.shape
             tokens, experts, weights = x.reshape(-1, hidden), experts.reshape(-1, top_k), weights.reshape(-1, top_k)
             if self.dispatch == "local":
-                routed, dropped = local_experts(tokens, weights, experts, gate, up, down), jnp.zeros((), jnp.int32)
+                routed = local_experts(tokens, weights, experts, gate, up, down, self.mesh.devices.flat[0].platform)
+                dropped = jnp.zeros((), jnp.int32)
             else:
                 dispatch = functools.partial(_capacity, capacity=capacity) if self.dispatch == "capacity" else \
-                    functools.partial(_ragged, buffer=buffer)
+                    functools.partial(_ragged, buffer=buffer, platform=self.mesh.devices.flat[0].platform)
                 per_assignment, dropped = dispatch(tokens, experts, (gate, up, down), expert_axes, ep)
                 routed = jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights)
             if mlp_axes:

@@ -25,14 +25,19 @@ from absl import app, flags
 from qwen35_jax.train.cli import run
 from qwen35_jax.train.metrics import read_records
 
-# Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
-# command-line modules can be imported in one process.
-if __name__ == "__main__":
-    _CONFIG = flags.DEFINE_string("config", None, "Experiment config file[:variant], as for experiments.train.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the points' workdirs, results.md and sweep.png.")
-    _SWEEP = flags.DEFINE_string("sweep", None, "Axes 'a.b=v1,v2;c.d=w1,w2' (cartesian product).")
-    _SET = flags.DEFINE_string("sweep_set", "", "Overrides for every point, 'a.b=v;c.d=w'.")
-    _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags. Defined on demand (by ``__main__`` or a test), not at import, so this module can be
+    imported next to the other command-line modules in one process."""
+    if "sweep" in FLAGS:
+        return
+    flags.DEFINE_string("config", None, "Experiment config file[:variant], as for experiments.train.")
+    flags.DEFINE_string("workdir", None, "Folder for the points' workdirs, results.md and sweep.png.")
+    flags.DEFINE_string("sweep", None, "Axes 'a.b=v1,v2;c.d=w1,w2' (cartesian product).")
+    flags.DEFINE_string("sweep_set", "", "Overrides for every point, 'a.b=v;c.d=w'.")
+    flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
 
 
 def parse_axes(spec: str, what: str = "--sweep") -> list[tuple[str, list[str]]]:
@@ -128,27 +133,28 @@ def _plot(workdir: str, names: list[str]) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not (_CONFIG.value and _WORKDIR.value and _SWEEP.value):
+    if not (FLAGS.config and FLAGS.workdir and FLAGS.sweep):
         raise app.UsageError("--config, --workdir and --sweep are required (see the module docstring)")
-    shared = {k: v[0] for k, v in parse_axes(_SET.value, "--sweep_set")}
-    points = {point_name(p): {**p} for p in grid(parse_axes(_SWEEP.value))}
-    commands = {name: command(_CONFIG.value, os.path.join(_WORKDIR.value, name), {**shared, **p})
+    shared = {k: v[0] for k, v in parse_axes(FLAGS.sweep_set, "--sweep_set")}
+    points = {point_name(p): {**p} for p in grid(parse_axes(FLAGS.sweep))}
+    commands = {name: command(FLAGS.config, os.path.join(FLAGS.workdir, name), {**shared, **p})
                 for name, p in points.items()}
-    if _DRY_RUN.value:
+    if FLAGS.dry_run:
         for cmd in commands.values():
             print(shlex.join(cmd))
         return
-    os.makedirs(_WORKDIR.value, exist_ok=True)
+    os.makedirs(FLAGS.workdir, exist_ok=True)
     for i, (name, cmd) in enumerate(commands.items(), 1):
-        if summarize(read_records(os.path.join(_WORKDIR.value, name)))["status"] == "done":
+        if summarize(read_records(os.path.join(FLAGS.workdir, name)))["status"] == "done":
             print(f"[{i}/{len(commands)}] {name}: already done", flush=True)
             continue
         print(f"[{i}/{len(commands)}] {name}: {shlex.join(cmd)}", flush=True)
         result = subprocess.run(cmd, check=False)
         if result.returncode:
             print(f"[{i}/{len(commands)}] {name} FAILED (exit {result.returncode}); continuing", flush=True)
-    print(write_results(_WORKDIR.value, points))
+    print(write_results(FLAGS.workdir, points))
 
 
 if __name__ == "__main__":
+    define_flags()
     run(main)

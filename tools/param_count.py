@@ -12,7 +12,10 @@ from ml_collections import config_flags
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.param_count import format_counts
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+# Flags exist only when this file runs as a program: importing it defines none (see tests/test_cli_modules.py).
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                              lock_config=True)
 
 
 def main(argv: list[str]) -> None:

@@ -17,7 +17,12 @@ import optax
 
 
 def _path_names(path: tuple) -> list[str]:
-    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    """Module-path names of a leaf; the ``.value`` attribute step of an ``nnx.Variable`` (a pytree node whose child
+    is its array) is not part of the parameter's name."""
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        names = names[:-1]
+    return names
 
 
 def no_decay(names: list[str], decay_embeddings: bool) -> bool:

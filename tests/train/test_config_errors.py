@@ -75,7 +75,8 @@ def test_unknown_override_names_the_key(tmp_path):
 def test_weight_decay_mask_by_path():
     model_config = ModelConfig.from_dict({**tiny().model.to_dict(), "vocab_size": 64})
     params = nnx.state(nnx.eval_shape(lambda: Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(0))), nnx.Param)
-    mask = {"/".join(map(str, path)): bool(v) for path, v in nnx.to_flat_state(decay_mask(params, False))}
+    mask = {"/".join(map(str, path)): bool(v.get_value() if isinstance(v, nnx.Variable) else v)
+            for path, v in nnx.to_flat_state(decay_mask(params, False))}
     assert mask["embed_tokens"] is False and mask["lm_head"] is True and mask["norm/weight"] is False
     decayed = {k for k, v in mask.items() if v}
     assert any(k.endswith("linear_attn/in_proj_q") for k in decayed)

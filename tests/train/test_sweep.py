@@ -23,6 +23,7 @@ def test_dry_run_prints_commands(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["sweep", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
                                       "--sweep", "model.num_experts=4,8", "--sweep_set", "train.steps=3",
                                       "--dry_run"])
+    sweep.define_flags()
     with pytest.raises(SystemExit) as exit_info:
         sweep.run(sweep.main)
     assert exit_info.value.code in (0, None)

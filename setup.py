@@ -30,5 +30,7 @@ setup(
         "test": ["pytest>=8.0", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.8"],
         # libtpu lets a CPU host AOT-compile programs (and Pallas TPU kernels) for real TPU topologies.
         "tpu-aot": ["libtpu>=0.0.51"],
+        # configs/vl_tiny.py's digits images are scikit-learn's bundled digits.csv.gz (read by path, not imported).
+        "vl": ["scikit-learn>=1.5"],
     },
 )

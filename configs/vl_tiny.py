@@ -1,9 +1,8 @@
 """Tiny vision-language captioning model: emoji and digit images -> their names (the CPU VL demo).
 
   apt-get install -y fonts-noto-color-emoji            # the emoji images (Debian); digits need scikit-learn's file
-  python -m experiments.train --config configs/vl_tiny.py --workdir runs/vl_tiny      # once data.kind=captions is wired
-  python -m experiments.caption_rank --config configs/vl_tiny.py --workdir runs/vl_tiny
-  python -m tools.train_vl_tiny_check --workdir runs/vl_check                            # stop-gap: train + rank
+  python -m experiments.train --config configs/vl_tiny.py --workdir runs/vl_tiny   # trains, then ranks captions
+  python -m experiments.caption_rank --config configs/vl_tiny.py --workdir runs/vl_tiny   # re-rank any checkpoint
 
 Images: every single-code-point Noto Color Emoji glyph (~1,400, caption = Unicode name, e.g. "grinning face") and
 scikit-learn's 1,797 8x8 digits ("digit seven"), 64x64 RGB -> patch grid (1, 4, 4) -> 4 merged image tokens per row.
@@ -81,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "rank_seed": 0,
         "digits_csv": "",  # "": scikit-learn's bundled digits.csv.gz (found without importing sklearn)
         "font_path": "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+        "augment": False,  # random 70-100 % shrink + position of each training image on its white canvas
     })
 
     config.train = ml_collections.ConfigDict({

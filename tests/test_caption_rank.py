@@ -1,14 +1,14 @@
-"""experiments.caption_rank: the jitted caption scorer equals an eager model call with the model's own mRoPE
+"""qwen35_jax.train.caption_ranking: the jitted caption scorer equals an eager model call with the model's own mRoPE
 positions, ranking runs end to end on a tiny random VL model, and a checkpoint of another vocabulary is refused."""
 
 import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.caption_rank import check_compatible, evaluate_ranking, make_log_likelihood
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.captions import prepare_caption_data, ranking_batches
 from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.train.caption_ranking import check_compatible, evaluate_ranking, make_log_likelihood
 
 TINY_VL = dict(
     vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=16,

@@ -5,8 +5,8 @@
   python -m tools.aot_compile --sweep [--sweep_sizes=qwen35_9b,qwen35_35b_a3b] [--sweep_topologies=v5p:4x4x4]
 
 The step is forward, backward and an AdamW update with bf16 parameters and bf16 Adam moments, fp32 gradients (the
-loss is differentiated with respect to an fp32 view of the bf16 parameters), full rematerialisation of every scanned
-block, ``--batch-per-chip`` sequences of ``--seq`` tokens per chip. The LM head and cross-entropy run per
+loss is differentiated with respect to an fp32 view of the bf16 parameters), full rematerialisation of every decoder
+layer, ``--batch-per-chip`` sequences of ``--seq`` tokens per chip. The LM head and cross-entropy run per
 ``--loss_chunk`` positions under remat, so the [B, T, V] logits never exist at once. Nothing is allocated: the model,
 the optimizer state and the batch are ShapeDtypeStructs with NamedShardings on the topology's abstract devices. The
 mesh comes from ``config.mesh`` (if the config has one) with ``--mesh`` overriding single axes; without either, MoE
@@ -44,6 +44,7 @@ from ml_collections import config_flags  # noqa: E402
 from qwen35_jax.config import FULL_ATTENTION, ModelConfig  # noqa: E402
 from qwen35_jax.model import Qwen35ForCausalLM  # noqa: E402
 from qwen35_jax.model.moe import load_balancing_loss  # noqa: E402
+from qwen35_jax.ops.gated_delta_rule.api import compile_target  # noqa: E402
 from qwen35_jax.parallel.mesh import MeshConfig, abstract_model, build_mesh, install_hooks, validate  # noqa: E402
 from qwen35_jax.parallel.rules import MESH_AXES, spec_for, state_shardings  # noqa: E402
 from qwen35_jax.param_count import count_parameters  # noqa: E402
@@ -73,7 +74,10 @@ if __name__ == "__main__":
     _SEQ = flags.DEFINE_integer("seq", 4096, "Tokens per sequence.")
     _BATCH = flags.DEFINE_integer("batch_per_chip", 1, "Sequences per chip (global batch = this x chips).")
     _LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 512, "Positions per LM-head / cross-entropy chunk.")
-    _GDN_IMPL = flags.DEFINE_string("gdn_impl", "chunked", "Gated delta rule implementation (chunked | pallas_tpu).")
+    _GDN_IMPL = flags.DEFINE_string("gdn_impl", "chunked", "Gated delta rule implementation: chunked (XLA) or "
+                                    "pallas_tpu / auto (the Mosaic kernel in shard_map, as on a real TPU).")
+    _BLOCK_Q = flags.DEFINE_integer("attention_block_q", None, "Queries per attention block (0: all at once); "
+                                    "default: the config's ModelConfig.attention_block_q.")
     _DISPATCH = flags.DEFINE_string("dispatch", None, "Override config.mesh.expert_dispatch (dropless | ragged | "
                                     "capacity).")
     _CAPACITY = flags.DEFINE_float("capacity_factor", None, "Override config.mesh.capacity_factor.")
@@ -155,8 +159,9 @@ def default_mesh(config: ModelConfig, chips: int) -> dict[str, int]:
     return {"fsdp": -1, "expert": expert}
 
 
-def training_config(config: ModelConfig, gdn_impl: str) -> ModelConfig:
-    return config.replace(dtype="bfloat16", param_dtype="bfloat16", remat_policy="full", gdn_impl=gdn_impl)
+def training_config(config: ModelConfig, gdn_impl: str, attention_block_q: int | None = None) -> ModelConfig:
+    config = config.replace(dtype="bfloat16", param_dtype="bfloat16", remat_policy="full", gdn_impl=gdn_impl)
+    return config if attention_block_q is None else config.replace(attention_block_q=attention_block_q)
 
 
 def model_flops_per_token(config: ModelConfig, seq: int) -> float:
@@ -225,6 +230,13 @@ def compile_step(name: str, config: ModelConfig, topology: str, mesh_section: di
     mesh_config = MeshConfig.from_config(mesh_section)
     mesh = build_mesh(mesh_config, devices)
     validate(config, mesh, mesh_config)
+    with compile_target("tpu"):  # gdn_impl auto / pallas_tpu: the Mosaic kernel, in shard_map
+        return _compile_step(name, config, topology, chip, devices, mesh, mesh_config, seq, batch_per_chip,
+                             loss_chunk)
+
+
+def _compile_step(name: str, config: ModelConfig, topology: str, chip: Chip, devices: list, mesh: Mesh,
+                  mesh_config: MeshConfig, seq: int, batch_per_chip: int, loss_chunk: int) -> Report:
     model = install_hooks(abstract_model(config), config, mesh, mesh_config)
     graphdef, params = nnx.split(model)
     param_shardings = state_shardings(params, mesh, mesh_config.rules)
@@ -311,7 +323,7 @@ def main(argv: list[str]) -> None:
     experiment = _CONFIG.value
     if experiment is None:
         raise app.UsageError("--config is required (or --sweep)")
-    config = training_config(ModelConfig.from_dict(experiment.model.to_dict()), _GDN_IMPL.value)
+    config = training_config(ModelConfig.from_dict(experiment.model.to_dict()), _GDN_IMPL.value, _BLOCK_Q.value)
     mesh_section = dict(experiment.get("mesh", None) or {}, **parse_mesh(_MESH.value))
     if _DISPATCH.value:
         mesh_section["expert_dispatch"] = _DISPATCH.value

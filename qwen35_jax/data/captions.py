@@ -84,6 +84,9 @@ class CaptionDataConfig:
     rank_seed: int = 0  # which other captions are the candidates
     digits_csv: str = ""  # "": scikit-learn's bundled file, found without importing sklearn
     font_path: str = EMOJI_FONT
+    # Training images only: each is shrunk to a random 70-100 % of its side and placed at a random spot on a white
+    # canvas, drawn from (seed, epoch, row) so a resumed run sees the same images.
+    augment: bool = False
 
     def __post_init__(self) -> None:
         names = self.source_names
@@ -317,14 +320,31 @@ class Pairs:
     texts: tuple[str, ...]
 
 
+def shrink_and_shift(images: np.ndarray, rng: np.random.Generator, min_scale: float = 0.7) -> np.ndarray:
+    """Each ``[S, S, 3]`` uint8 image resized to a random ``[min_scale, 1]`` of its side (Lanczos) and pasted at a
+    random position on a white ``S x S`` canvas (the images' own background)."""
+    from PIL import Image
+
+    out = np.full_like(images, 255)
+    side = images.shape[1]
+    for i, image in enumerate(images):
+        k = int(round(side * rng.uniform(min_scale, 1.0)))
+        small = np.asarray(Image.fromarray(image).resize((k, k), Image.Resampling.LANCZOS))
+        top, left = rng.integers(0, side - k + 1, size=2)
+        out[i, top:top + k, left:left + k] = small
+    return out
+
+
 class CaptionBatches(Iterator[Batch]):
     """Endless shuffled training batches (a fresh permutation per epoch from ``(seed, epoch)``; the last partial
-    batch of an epoch is dropped). ``get_state`` / ``set_state`` resume the exact order (checkpointing)."""
+    batch of an epoch is dropped), optionally augmented (``shrink_and_shift``, drawn from ``(seed, epoch, row)``).
+    ``get_state`` / ``set_state`` resume the exact order and augmentation (checkpointing)."""
 
-    def __init__(self, pairs: Pairs, layout: RowLayout, batch_size: int, seed: int) -> None:
+    def __init__(self, pairs: Pairs, layout: RowLayout, batch_size: int, seed: int, augment: bool = False) -> None:
         if len(pairs.captions) < batch_size:
             raise ValueError(f"config.data.batch_size={batch_size} exceeds the {len(pairs.captions)} training pairs")
         self._pairs, self._layout, self._batch, self._seed = pairs, layout, batch_size, seed
+        self._augment = augment
         self._epoch, self._index = 0, 0
         self._order = self._permutation(0)
 
@@ -336,8 +356,11 @@ class CaptionBatches(Iterator[Batch]):
             self._epoch, self._index = self._epoch + 1, 0
             self._order = self._permutation(self._epoch)
         take = self._order[self._index:self._index + self._batch]
+        images = self._pairs.images[take]
+        if self._augment:
+            images = shrink_and_shift(images, np.random.default_rng([self._seed, self._epoch, self._index]))
         self._index += self._batch
-        return make_batch(self._pairs.images[take], [self._pairs.captions[i] for i in take], self._layout)
+        return make_batch(images, [self._pairs.captions[i] for i in take], self._layout)
 
     def get_state(self) -> dict[str, int]:
         return {"epoch": self._epoch, "index": self._index}
@@ -519,6 +542,7 @@ def prepare_caption_data(data_config: Mapping[str, Any] | CaptionDataConfig, wor
     validation = {name: fixed_caption_batches(p, layout, config.batch_size) for name, p in heldout.items()}
     ranking = {name: ranking_set(p, config.num_candidates, config.rank_seed) for name, p in heldout.items()
                if len(set(p.texts)) >= config.num_candidates}
-    return CaptionData(config=config, train=CaptionBatches(train, layout, config.batch_size, config.seed),
+    batches = CaptionBatches(train, layout, config.batch_size, config.seed, config.augment)
+    return CaptionData(config=config, train=batches,
                        validation=validation, ranking=ranking, layout=layout, vocab=vocab, special_ids=special,
                        train_pairs=len(train.captions))

@@ -27,6 +27,7 @@ class GatedAttention(nnx.Module):
         h, nq, nkv, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
         pdt = jnp.dtype(config.param_dtype)
         self.head_dim = hd
+        self.block_q = config.attention_block_q
         # q_proj output per head is [query (hd) | gate (hd)] (per-head interleave, spec §2.3).
         self.q_proj = make_param(rngs, (h, nq, 2 * hd), ("embed", "q_heads", "head_dim"), pdt)
         self.k_proj = make_param(rngs, (h, nkv, hd), ("embed", "kv_heads", "head_dim"), pdt)
@@ -37,7 +38,7 @@ class GatedAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
         query, gate, key, value = self.project(x, cos, sin)
-        return self.output(multihead_attention(query, key, value, attention_mask(segment_ids)), gate)
+        return self.output(blocked_causal_attention(query, key, value, segment_ids, self.block_q), gate)
 
     def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, ...]:
         """(query, output gate, key, value), each ``[B, T, heads, head_dim]``; q/k normed and rotated."""
@@ -62,3 +63,31 @@ def multihead_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, value, preferred_element_type=jnp.float32)
     return out.reshape(batch, length, nq, hd).astype(query.dtype)
+
+
+def blocked_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, segment_ids: jax.Array,
+                             block_q: int) -> jax.Array:
+    """Causal, segment-masked attention over blocks of ``block_q`` queries (``lax.map``), each block rematerialised
+    in the backward: peak memory holds one ``[block_q, T]`` score block per head instead of ``[T, T]``. Every
+    query row still sees all its keys in one softmax, so the values equal the unblocked computation's."""
+    batch, length, nq, hd = query.shape
+    if block_q <= 0 or length <= block_q:
+        return multihead_attention(query, key, value, attention_mask(segment_ids))
+    blocks = -(-length // block_q)
+    pad = blocks * block_q - length
+    # Padded queries get segment -1: they see no key, and their rows are dropped below.
+    q = jnp.pad(query, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    q_segments = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
+    q = q.reshape(batch, blocks, block_q, nq, hd).swapaxes(0, 1)
+    q_segments = q_segments.reshape(batch, blocks, block_q).swapaxes(0, 1)
+    key_positions = jnp.arange(length)
+
+    @jax.checkpoint
+    def one_block(args: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        q_block, q_seg, start = args
+        causal = (start + jnp.arange(block_q))[:, None] >= key_positions[None, :]
+        mask = causal[None] & (q_seg[:, :, None] == segment_ids[:, None, :])
+        return multihead_attention(q_block, key, value, mask[:, None])
+
+    out = jax.lax.map(one_block, (q, q_segments, jnp.arange(blocks) * block_q))
+    return out.swapaxes(0, 1).reshape(batch, blocks * block_q, nq, hd)[:, :length]

@@ -15,8 +15,10 @@ from qwen35_jax.model.mlp import MLP
 from qwen35_jax.model.moe import RouterStats, SparseMoE
 from qwen35_jax.model.norms import RMSNorm
 
+# Remat is per decoder layer inside the scanned block (the scan keeps each layer's input): the backward recomputes
+# one layer at a time, so only one layer's activations (e.g. its MoE dispatch buffers) are live, not a block's.
 REMAT_POLICIES = {
-    "full": None,  # save nothing inside a block, recompute it all in the backward
+    "full": None,  # save nothing inside a layer, recompute it all in the backward
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
@@ -71,11 +73,18 @@ class HybridBlock(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.layers = nnx.List([DecoderLayer(config, kind, rngs=rngs) for kind in config.block_pattern])
+        self.remat_policy = config.remat_policy
 
     def __call__(self, x: jax.Array, inputs: LayerInputs) -> tuple[jax.Array, RouterStats | None]:
         stats = None
         for layer in self.layers:
-            x, layer_stats = layer(x, inputs)
+            if self.remat_policy == "none":
+                x, layer_stats = layer(x, inputs)
+            else:
+                graphdef, state = nnx.split(layer)
+                run = jax.checkpoint(lambda s, h, gd=graphdef: nnx.merge(gd, s)(h, inputs),
+                                     policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+                x, layer_stats = run(state, x)
             stats = _add_stats(stats, layer_stats)
         return x, stats
 
@@ -84,7 +93,6 @@ class DecoderStack(nnx.Module):
     """``num_blocks`` hybrid blocks with parameters stacked on a leading ``layers`` axis, run by ``lax.scan``."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.remat_policy = config.remat_policy
         # Static hook: ``qwen35_jax.parallel.mesh.ActivationSharding`` constrains the residual stream [B, T, H]
         # at every block boundary to the mesh's batch / sequence / embed sharding.
         self.constrain_activations = None
@@ -102,10 +110,8 @@ class DecoderStack(nnx.Module):
         def body(carry: jax.Array, block_state: nnx.State) -> tuple[jax.Array, RouterStats | None]:
             if self.constrain_activations is not None:
                 carry = self.constrain_activations(carry)
-            return nnx.merge(graphdef, block_state)(carry, inputs)
+            return nnx.merge(graphdef, block_state)(carry, inputs)  # remat: per layer (HybridBlock)
 
-        if self.remat_policy != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
         x, per_block_stats = jax.lax.scan(body, x, state)
         if per_block_stats is None:
             return x, None

@@ -44,6 +44,8 @@ class GatedDeltaNet(nnx.Module):
         dk, dv, ks = config.linear_key_head_dim, config.linear_value_head_dim, config.linear_conv_kernel_dim
         pdt = jnp.dtype(config.param_dtype)
         self.impl = config.gdn_impl
+        # Static hook: ``qwen35_jax.parallel.mesh.ShardedDeltaRule`` runs a Pallas kernel in shard_map on a mesh.
+        self.sharded_rule = None
         self.in_proj_q = make_param(rngs, (h, hk, dk), ("embed", "gdn_key_heads", "gdn_head_dim"), pdt)
         self.in_proj_k = make_param(rngs, (h, hk, dk), ("embed", "gdn_key_heads", "gdn_head_dim"), pdt)
         self.in_proj_v = make_param(rngs, (h, hv, dv), ("embed", "gdn_value_heads", "gdn_head_dim"), pdt)
@@ -68,7 +70,10 @@ class GatedDeltaNet(nnx.Module):
         q, k, v = conv_silu(self.in_proj_q, self.conv_q), conv_silu(self.in_proj_k, self.conv_k), \
             conv_silu(self.in_proj_v, self.conv_v)
         z, beta, g = self.gates(x)
-        o, _ = gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, use_qk_l2norm=True, impl=self.impl)
+        if self.sharded_rule is not None:
+            o = self.sharded_rule(q, k, v, g, beta, segment_ids)
+        else:
+            o, _ = gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, use_qk_l2norm=True, impl=self.impl)
         return self.output(o, z)
 
     def gates(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -24,11 +24,15 @@ import jax
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.model import Qwen35ForCausalLM
 from qwen35_jax.model.decoder import DecoderStack
+from qwen35_jax.model.gated_deltanet import GatedDeltaNet
 from qwen35_jax.model.moe import SparseMoE
+from qwen35_jax.ops.gated_delta_rule import gated_delta_rule
+from qwen35_jax.ops.gated_delta_rule.api import resolve_impl
 from qwen35_jax.parallel.moe_ep import ExpertParallel, expert_parallel_for
 from qwen35_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, Rule, check_rules, spec_for, state_shardings
 
@@ -146,14 +150,45 @@ class ActivationSharding:
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardedDeltaRule:
+    """The gated delta rule inside ``jax.shard_map`` over the batch (act_batch) and head (gdn heads) axes: how a
+    Pallas kernel, an opaque custom call the SPMD partitioner cannot split, runs on a mesh. The sequence stays whole
+    on each device (the recurrence runs along it). A static ``GatedDeltaNet`` hook."""
+
+    mesh: Mesh
+    rules: tuple[Rule, ...]
+    impl: str
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array,
+                 segment_ids: jax.Array) -> jax.Array:
+        batch = spec_for(("act_batch",), q.shape[:1], self.mesh, self.rules, "gated delta rule batch")[0]
+        heads = spec_for(("gdn_value_heads",), v.shape[2:3], self.mesh, self.rules, "gated delta rule heads")[0]
+        # Value head j reads key head j // (Hv / Hk): splitting both head axes into equal contiguous parts keeps
+        # every pair on one device.
+        spec_for(("gdn_key_heads",), k.shape[2:3], self.mesh, self.rules, "gated delta rule key heads")
+        heads4, heads3 = P(batch, None, heads, None), P(batch, None, heads)
+
+        def local(q, k, v, g, beta, segment_ids):
+            out, _ = gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, use_qk_l2norm=True, impl=self.impl)
+            return out
+
+        return jax.shard_map(local, mesh=self.mesh, in_specs=(heads4, heads4, heads4, heads3, heads3, P(batch, None)),
+                             out_specs=heads4, check_vma=False)(q, k, v, g, beta, segment_ids)
+
+
 def install_hooks(model: nnx.Module, config: ModelConfig, mesh: Mesh, mesh_config: MeshConfig) -> nnx.Module:
-    """Activation constraints on the decoder stack and the MoE layers' shard_map dispatch (``moe_ep``), in place.
+    """Activation constraints on the decoder stack, the MoE layers' shard_map dispatch (``moe_ep``) and, when the
+    gated delta rule resolves to a Pallas kernel, its ``ShardedDeltaRule``; in place.
 
     Call it on the model whose forward will be traced (the hooks are static attributes, part of the graphdef)."""
     expert_parallel = _expert_parallel(config, mesh, mesh_config) if config.is_moe else None
+    gdn_impl = resolve_impl(config.gdn_impl)
     for _, module in nnx.iter_modules(model):
         if isinstance(module, DecoderStack):
             module.constrain_activations = ActivationSharding(mesh, mesh_config.rules)
         elif isinstance(module, SparseMoE):
             module.expert_parallel = expert_parallel
+        elif isinstance(module, GatedDeltaNet) and gdn_impl.startswith("pallas"):
+            module.sharded_rule = ShardedDeltaRule(mesh, tuple(mesh_config.rules), gdn_impl)
     return model

@@ -8,18 +8,18 @@ ml_collections' ``config_flags``, whose message names the key.)
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ml_collections
 
 from qwen35_jax.config import ModelConfig
+from qwen35_jax.data.captions import CaptionDataConfig
 from qwen35_jax.data.text_dataset import parse_corpora
-
-DATA_KINDS = ("text",)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
-        "kind": "text",  # data source; see qwen35_jax.train.loop.DATA_SOURCES
+        "kind": "text",  # data source; see qwen35_jax.train.data_sources.DATA_SOURCES
         # comma-separated: shakespeare, wiki_en, wiki_fr, wiki_es, files:<glob>, arrayrecord:<glob>
         "corpora": "shakespeare",
         "seq_len": 256,
@@ -56,6 +56,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 SECTIONS = ("seed", "model", "data", "train", "checkpoint", "mesh", "multihost")
+# config.data's fields depend on its kind: text corpora (DEFAULTS["data"]) or image captions (CaptionDataConfig).
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text": DEFAULTS["data"],
+    "captions": {"kind": "captions", **{f.name: f.default for f in dataclasses.fields(CaptionDataConfig)}},
+}
+DATA_KINDS = tuple(DATA_DEFAULTS)
 
 
 def _require(ok: bool, field: str, value: Any, fix: str) -> None:
@@ -85,9 +91,15 @@ def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     config = ml_collections.ConfigDict(config.to_dict())
     for section, defaults in DEFAULTS.items():
         values = dict(config.get(section, {}))
+        if section == "data":
+            kind = values.get("kind", "text")
+            _require(kind in DATA_DEFAULTS, "data.kind", kind, f"choose one of {DATA_KINDS}")
+            defaults = DATA_DEFAULTS[kind]
         bad = sorted(set(values) - set(defaults))
         if bad:
-            raise ValueError(f"config.{section} has unknown field(s) {bad}; valid fields: {sorted(defaults)}")
+            kind_note = f" for data.kind={values.get('kind', 'text')!r}" if section == "data" else ""
+            raise ValueError(f"config.{section} has unknown field(s) {bad}{kind_note}; valid fields: "
+                             f"{sorted(defaults)}")
         for name, value in values.items():
             _check_type(f"{section}.{name}", value, defaults[name])
         merged = {**defaults, **values}
@@ -105,14 +117,16 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
         raise ValueError("config.model is missing: the experiment config needs a model section (see configs/tiny.py)")
     config = fill_defaults(config)
     data, train, ckpt = config.data, config.train, config.checkpoint
-    _require(data.kind in DATA_KINDS, "data.kind", data.kind, f"choose one of {DATA_KINDS}")
-    parse_corpora(data.corpora)
-    for name in ("seq_len", "batch_size"):
-        _require(data[name] >= 1, f"data.{name}", data[name], "must be >= 1")
-    _require(0 < data.validation_fraction < 1, "data.validation_fraction", data.validation_fraction,
-             "must be in (0, 1), e.g. 0.05")
-    _require(data.compact_vocab_max_size == 0 or data.compact_vocab_max_size >= 3, "data.compact_vocab_max_size",
-             data.compact_vocab_max_size, "use 0 (no cap) or a size >= 3")
+    if data.kind == "captions":
+        CaptionDataConfig.from_mapping(data)  # every field's value, named in the error
+    else:
+        parse_corpora(data.corpora)
+        for name in ("seq_len", "batch_size"):
+            _require(data[name] >= 1, f"data.{name}", data[name], "must be >= 1")
+        _require(0 < data.validation_fraction < 1, "data.validation_fraction", data.validation_fraction,
+                 "must be in (0, 1), e.g. 0.05")
+        _require(data.compact_vocab_max_size == 0 or data.compact_vocab_max_size >= 3,
+                 "data.compact_vocab_max_size", data.compact_vocab_max_size, "use 0 (no cap) or a size >= 3")
     for name in ("steps", "log_every", "eval_batches", "grad_accum_steps", "max_nonfinite_in_a_row"):
         _require(train[name] >= 1, f"train.{name}", train[name], "must be >= 1")
     _require(0 <= train.warmup_steps <= train.steps, "train.warmup_steps", train.warmup_steps,

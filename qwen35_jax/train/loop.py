@@ -11,13 +11,11 @@ SIGTERM saves a checkpoint and returns cleanly.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,13 +26,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.data import fixed_batches, pack_documents, prepare_text_data, train_dataset
-from qwen35_jax.data.text_dataset import VOCAB_FILE
 from qwen35_jax.model import Qwen35ForCausalLM
 from qwen35_jax.parallel import MeshConfig, build_mesh, install_hooks, multihost, shard_model, validate
 from qwen35_jax.parallel.rules import spec_for
 from qwen35_jax.train.checkpoint import Checkpoints
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
+from qwen35_jax.train.data_sources import DATA_SOURCES
 from qwen35_jax.train.flops import peak_flops_per_device, training_flops_per_token
 from qwen35_jax.train.metrics import CURVES_FILE, MetricsLog, Progress, plot_curves
 from qwen35_jax.train.optimizer import make_optimizer
@@ -42,41 +39,6 @@ from qwen35_jax.train.step import all_finite, make_eval_step, make_train_step, m
 
 log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
-
-
-@dataclasses.dataclass
-class DataSource:
-    """What a data source gives the loop: the model config adjusted to the data (vocab size), a grain iterator of
-    this process's training rows (with ``get_state``/``set_state``), validation batches per name (global, host)."""
-
-    model_config: ModelConfig
-    train: Any
-    validation: dict[str, list[Batch]]
-    train_tokens: int
-
-
-def text_source(config: ml_collections.ConfigDict, model_config: ModelConfig, workdir: str) -> DataSource:
-    data_cfg = config.data
-    data = prepare_text_data(
-        data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
-        split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
-        compact_vocab_max_size=data_cfg.compact_vocab_max_size or None)
-    if data.vocab is not None:
-        model_config = model_config.replace(vocab_size=data.vocab_size)
-    elif model_config.vocab_size < data.vocab_size:
-        raise ValueError(f"config.model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-                         f"{data.vocab_size} ids; set it to {data.vocab_size} or use data.compact_vocab=True")
-    rows = pack_documents(data.train, data_cfg.seq_len, drop_remainder=True)
-    iterator = iter(train_dataset(rows, global_batch_size=data_cfg.batch_size, seed=data_cfg.seed))
-    validation = {name: fixed_batches(pack_documents(docs, data_cfg.seq_len, drop_remainder=False),
-                                      data_cfg.batch_size, config.train.eval_batches)
-                  for name, docs in data.validation.items()}
-    return DataSource(model_config, iterator, validation, sum(len(d) for d in data.train))
-
-
-# config.data.kind -> builder; another source (e.g. image captions) registers here. Extra batch fields are passed
-# to the model by name (see train.step.model_inputs).
-DATA_SOURCES: dict[str, Callable[[ml_collections.ConfigDict, ModelConfig, str], DataSource]] = {"text": text_source}
 
 
 def batch_sharding(mesh: Mesh, mesh_config: MeshConfig, config: ml_collections.ConfigDict) -> NamedSharding:
@@ -103,8 +65,17 @@ def setup_mesh(config: ml_collections.ConfigDict) -> tuple[MeshConfig, Mesh, Nam
     return mesh_config, mesh, batch_sharding(mesh, mesh_config, config)
 
 
+def field_sharding(array: np.ndarray, sharding: NamedSharding) -> NamedSharding:
+    """``[B, T]`` fields take the batch sharding; others (``positions [B, 3, T]``, ``pixel_values [B, P, C]``) are
+    split along their rows only."""
+    if array.ndim == 2:
+        return sharding
+    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0] if sharding.spec else None))
+
+
 def to_global(batch: Batch, sharding: NamedSharding, global_rows: int) -> dict[str, jax.Array]:
-    return {k: multihost.global_batch(v, sharding, (global_rows, *v.shape[1:])) for k, v in batch.items()}
+    return {k: multihost.global_batch(v, field_sharding(v, sharding), (global_rows, *v.shape[1:]))
+            for k, v in batch.items()}
 
 
 def _local(batch: Batch, sharding: NamedSharding) -> Batch:
@@ -186,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     metrics.write({"event": "model", "params": num_params, "devices": jax.device_count(),
                    "mesh": dict(mesh.shape), "seconds": round(init_seconds, 2)})
 
-    eval_step = make_eval_step(graphdef, rest)
+    eval_step = make_eval_step(graphdef, rest, source.static_inputs)
     validation = {name: [to_global(_local(b, sharding), sharding, b["input_ids"].shape[0]) for b in batches]
                   for name, batches in source.validation.items()}
 
@@ -204,14 +175,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             log.warning("not saving step %d: the train state has non-finite values", step)
             return
         meta = {"step": step, "data_iterator": source.train.get_state(), "model_config": model_config.to_dict(),
-                "vocab_file": VOCAB_FILE if data_cfg.compact_vocab else None}
+                "vocab_file": source.vocab_file}
         checkpoints.save(step, state["params"], {k: v for k, v in state.items() if k != "params"}, meta)
 
     if start_step == 0:
         run_validation(0)
-    train_step = make_train_step(graphdef, rest, tx, schedule, model_config, train_cfg,
-                                 state_shardings=jax.tree.map(lambda x: x.sharding, state),
-                                 batch_sharding=sharding, replicated=replicated)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    train_step = None  # built at the first batch, whose fields give the batch shardings
     flops_per_token = training_flops_per_token(model_config, data_cfg.seq_len)
     peak = peak_flops_per_device(override=train_cfg.peak_flops_per_device)
     tokens_per_step = data_cfg.seq_len * data_cfg.batch_size
@@ -221,30 +191,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     local_rows = data_cfg.batch_size // jax.process_count()
     saved_step = start_step if restored is not None else -1
     step = start_step
+    pending: tuple[int, dict[str, jax.Array]] | None = None  # the last step whose non-finite count is unread
+
+    def step_record(step: int, out: dict[str, jax.Array]) -> dict[str, Any]:
+        values = jax.device_get(out)
+        record = {"step": step, **{k: bool(v) if k == "finite" else int(v) if k.startswith("skipped") else float(v)
+                                   for k, v in values.items()}}
+        record["perplexity"] = math.exp(min(record["ce"], 50.0)) if math.isfinite(record["ce"]) else math.nan
+        return record
+
+    def is_log_step(step: int) -> bool:
+        return step % train_cfg.log_every == 0 or step == train_cfg.steps
+
+    def check_nonfinite(step: int, out: dict[str, jax.Array]) -> None:
+        """Warn about (and record) a skipped step; stop after ``train.max_nonfinite_in_a_row`` in a row."""
+        in_a_row = int(out["skipped_in_a_row"])
+        if not in_a_row:
+            return
+        log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", step, in_a_row)
+        if not is_log_step(step):
+            metrics.write(step_record(step, out), echo=False)
+        if in_a_row >= train_cfg.max_nonfinite_in_a_row:
+            metrics.write({"event": "stopped", "step": step, "reason": f"{in_a_row} non-finite steps in a row"})
+            checkpoints.wait()
+            metrics.close()
+            raise FloatingPointError(
+                f"stopped at step {step}: {in_a_row} consecutive steps had a non-finite loss or gradient "
+                f"(train.max_nonfinite_in_a_row={train_cfg.max_nonfinite_in_a_row}); the last checkpoint is "
+                f"{checkpoints.steps()[-1:] or 'none'}. Lower train.learning_rate, raise train.warmup_steps or "
+                "check the data.")
+
     with _Stop() as stop:
         for step in range(start_step + 1, train_cfg.steps + 1):
-            batch = to_global(next(source.train), sharding, local_rows * jax.process_count())
+            rows = next(source.train)
+            batch = to_global(_local(rows, sharding) if source.train_is_global else rows, sharding,
+                              local_rows * jax.process_count())
+            if train_step is None:
+                train_step = make_train_step(graphdef, rest, tx, schedule, model_config, train_cfg,
+                                             state_shardings=state_shardings,
+                                             batch_sharding={k: v.sharding for k, v in batch.items()},
+                                             replicated=replicated, static_inputs=source.static_inputs)
             state, out = train_step(state, batch, jax.device_put(np.asarray(step in nan_steps), replicated))
             if step == start_step + 1:  # the first step includes compilation: time it apart
                 jax.block_until_ready(out)
                 metrics.write({"event": "compile", "step": step, "seconds": round(time.perf_counter() - last_time, 2)})
                 last_time, last_step = time.perf_counter(), step
-            in_a_row = int(state["skipped_in_a_row"])
-            if in_a_row:
-                log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", step, in_a_row)
-            if in_a_row >= train_cfg.max_nonfinite_in_a_row:
-                metrics.write({"event": "stopped", "step": step, "reason": f"{in_a_row} non-finite steps in a row"})
-                checkpoints.wait()
-                metrics.close()
-                raise FloatingPointError(
-                    f"stopped at step {step}: {in_a_row} consecutive steps had a non-finite loss or gradient "
-                    f"(train.max_nonfinite_in_a_row={train_cfg.max_nonfinite_in_a_row}); the last checkpoint is "
-                    f"{checkpoints.steps()[-1:] or 'none'}. Lower train.learning_rate, raise train.warmup_steps or "
-                    "check the data.")
-            if step % train_cfg.log_every == 0 or step == train_cfg.steps or not bool(out["finite"]):
-                record = {"step": step, **{k: (bool(v) if k == "finite" else float(v))
-                                           for k, v in jax.device_get(out).items()},
-                          "skipped": int(state["skipped"])}
+            if pending is not None:  # read one step late: the host never waits for the step it just queued
+                check_nonfinite(*pending)
+            pending = (step, out)
+            if is_log_step(step):
+                record = step_record(step, out)
                 now = time.perf_counter()
                 per_step = (now - last_time) / (step - last_step) if step > last_step else None
                 if per_step:
@@ -252,11 +248,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                     record["model_tflops_per_s"] = flops_per_token * record["tokens_per_s"] / 1e12
                     if peak:
                         record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * jax.device_count())
-                record["perplexity"] = math.exp(min(record["ce"], 50.0)) if math.isfinite(record["ce"]) else math.nan
                 metrics.write(record, echo=False)
                 print(progress.line(step, record["loss"], record.get("tokens_per_s"), per_step), flush=True)
                 last_time, last_step = now, step
             if step % config.checkpoint.every == 0 or stop.requested:
+                check_nonfinite(*pending)  # a checkpoint's metrics are complete up to its step
+                pending = None
                 save(step)
                 saved_step = step
             if stop.requested:
@@ -267,10 +264,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step != train_cfg.steps:
                 run_validation(step)
                 last_time, last_step = time.perf_counter(), step
+    if pending is not None:
+        check_nonfinite(*pending)
     if saved_step != step:
         save(step)
     checkpoints.wait()
     run_validation(step)
+    if source.final_eval is not None:
+        name, evaluate = source.final_eval
+        metrics.write({"event": name, "step": step, **evaluate(model_config, state["params"])}, echo=False)
     metrics.write({"event": "done", "step": step, "skipped": int(state["skipped"]),
                    "seconds": round(time.perf_counter() - run_start, 1)})
     if jax.process_index() == 0:

@@ -9,7 +9,11 @@ masked next-token cross-entropy + aux-loss coefficient x MoE load-balancing loss
 state (the update is skipped) and counts the step in ``skipped`` / ``skipped_in_a_row``.
 
 Batch fields other than ``targets`` / ``loss_mask`` are passed to the model by name (``input_ids`` positionally),
-so a data source may add model inputs (e.g. ``pixel_values``) without changing this module.
+so a data source may add model inputs without changing this module. Batches are rows-first — every field has the
+batch as its leading axis, so it shards and splits into micro-batches along it — and ``model_inputs`` puts the two
+multimodal fields in the model's layouts: ``positions [B, 3, T] -> [3, B, T]`` and ``pixel_values [B, P, C] ->
+[B·P, C]``. Values that are static for a given number of rows (``image_grid_thw``, which fixes the vision tower's
+shapes) come from ``static_inputs(rows)`` and are closed over as constants, never traced.
 """
 
 from __future__ import annotations
@@ -27,11 +31,20 @@ from qwen35_jax.config import ModelConfig
 from qwen35_jax.train.losses import masked_cross_entropy, masked_mean, token_nll
 
 Batch = dict[str, jax.Array]
+StaticInputs = Callable[[int], dict[str, Any]]  # rows -> model keyword arguments that fix shapes (NumPy)
 LABEL_FIELDS = ("targets", "loss_mask")
 
 
-def model_inputs(batch: Batch) -> dict[str, jax.Array]:
-    return {k: v for k, v in batch.items() if k not in LABEL_FIELDS and k != "input_ids"}
+def model_inputs(batch: Batch, static_inputs: StaticInputs | None = None) -> dict[str, Any]:
+    """The model's keyword arguments for a rows-first ``batch`` (see the module docstring)."""
+    inputs: dict[str, Any] = {k: v for k, v in batch.items() if k not in LABEL_FIELDS and k != "input_ids"}
+    if "positions" in inputs and inputs["positions"].ndim == 3:
+        inputs["positions"] = jnp.swapaxes(inputs["positions"], 0, 1)
+    if "pixel_values" in inputs and inputs["pixel_values"].ndim == 3:
+        inputs["pixel_values"] = inputs["pixel_values"].reshape(-1, inputs["pixel_values"].shape[-1])
+    if static_inputs is not None:
+        inputs.update(static_inputs(batch["input_ids"].shape[0]))
+    return inputs
 
 
 def _router_metrics(stats: Any) -> dict[str, jax.Array]:
@@ -43,13 +56,14 @@ def _router_metrics(stats: Any) -> dict[str, jax.Array]:
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, model_config: ModelConfig,
-                 train: ml_collections.ConfigDict) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+                 train: ml_collections.ConfigDict, static_inputs: StaticInputs | None = None,
+                 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     aux_coef = model_config.router_aux_loss_coef if train.aux_loss_coef < 0 else train.aux_loss_coef
     z_coef = float(train.z_loss)
 
     def loss_fn(params: nnx.State, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         model = nnx.merge(graphdef, params, rest)
-        out = model(batch["input_ids"], **model_inputs(batch))
+        out = model(batch["input_ids"], **model_inputs(batch, static_inputs))
         ce = masked_cross_entropy(out.logits, batch["targets"], batch["loss_mask"])
         loss = ce + aux_coef * out.aux_loss
         metrics = {"ce": ce, "aux_loss": out.aux_loss}
@@ -82,10 +96,11 @@ def _accumulate(grad_fn: Callable, params: nnx.State, batch: Batch, steps: int) 
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, model_config: ModelConfig, train: ml_collections.ConfigDict, *,
                     state_shardings: Any = None, batch_sharding: Any = None,
-                    replicated: Any = None) -> Callable[[dict, Batch, jax.Array], tuple[dict, dict]]:
+                    replicated: Any = None, static_inputs: StaticInputs | None = None,
+                    ) -> Callable[[dict, Batch, jax.Array], tuple[dict, dict]]:
     """The jitted step. With shardings given, inputs and outputs are pinned to them, so the state a step returns
     (or a checkpoint restores) has exactly the signature of the first call: one compilation per run."""
-    grad_fn = jax.value_and_grad(make_loss_fn(graphdef, rest, model_config, train), has_aux=True)
+    grad_fn = jax.value_and_grad(make_loss_fn(graphdef, rest, model_config, train, static_inputs), has_aux=True)
     accum = int(train.grad_accum_steps)
 
     def step(state: dict, batch: Batch, poison: jax.Array) -> tuple[dict, dict]:
@@ -93,7 +108,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
         (loss, metrics), grads = _accumulate(grad_fn, params, batch, accum)
         loss = jnp.where(poison, jnp.nan, loss)  # debug: train.debug_nan_steps
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
@@ -108,7 +123,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
             "rng": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]),
         }
         out = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(applied), "finite": finite,
-               **metrics}
+               "skipped": new_state["skipped"], "skipped_in_a_row": new_state["skipped_in_a_row"], **metrics}
         return new_state, out
 
     if state_shardings is None:
@@ -117,13 +132,14 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
                    out_shardings=(state_shardings, replicated))
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable[[nnx.State, Batch], tuple[jax.Array, ...]]:
+def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State, static_inputs: StaticInputs | None = None,
+                   ) -> Callable[[nnx.State, Batch], tuple[jax.Array, ...]]:
     """``(params, batch) -> (sum of target NLL over the loss mask, number of targets)``."""
 
     @jax.jit
     def eval_step(params: nnx.State, batch: Batch) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(graphdef, params, rest)
-        nll = token_nll(model(batch["input_ids"], **model_inputs(batch)).logits, batch["targets"])
+        nll = token_nll(model(batch["input_ids"], **model_inputs(batch, static_inputs)).logits, batch["targets"])
         mask = batch["loss_mask"].astype(jnp.float32)
         return jnp.sum(nll * mask), jnp.sum(mask)
 

@@ -19,6 +19,7 @@ from qwen35_jax.data.captions import (
     rank_metrics,
     render_emoji,
     score_candidates,
+    shrink_and_shift,
 )
 from qwen35_jax.data.tokenizer import get_tokenizer
 from qwen35_jax.model.multimodal import get_rope_index
@@ -174,6 +175,31 @@ def test_train_iterator_resumes_from_state(data):
     data.train.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(data.train)["input_ids"], want)
+
+
+def test_augmented_batches_resume_and_stay_on_white(digits_csv, tmp_path):
+    config = {"sources": "digits", "digits_csv": digits_csv, "image_size": SIZE, "seq_len": 12,
+              "batch_size": BATCH, "heldout_fraction": 0.4, "num_candidates": 4}
+    plain = prepare_caption_data(config, str(tmp_path / "plain")).train
+    augmented = prepare_caption_data(dict(config, augment=True), str(tmp_path / "aug")).train
+    first_plain, first_aug = next(plain), next(augmented)
+    np.testing.assert_array_equal(first_aug["input_ids"], first_plain["input_ids"])  # same rows, same order
+    assert not np.array_equal(first_aug["pixel_values"], first_plain["pixel_values"])
+    state = augmented.get_state()
+    expected = [next(augmented)["pixel_values"] for _ in range(8)]  # crosses an epoch boundary
+    augmented.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(augmented)["pixel_values"], want)
+
+
+def test_shrink_and_shift_pastes_on_white():
+    images = np.zeros((6, 32, 32, 3), np.uint8)  # all ink
+    out = shrink_and_shift(images, np.random.default_rng(0), min_scale=0.5)
+    for image in out:
+        ink = np.argwhere(image.min(axis=-1) < 128)
+        side = ink.max(axis=0) - ink.min(axis=0) + 1
+        assert 16 <= side[0] == side[1] <= 32 and len(ink) == side[0] * side[1]  # one square, the rest white
+        assert (image.min(axis=-1) >= 128).sum() == 32 * 32 - len(ink)
 
 
 def test_ranking_candidates(data, digits_csv):

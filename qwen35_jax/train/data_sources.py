@@ -1,0 +1,118 @@
+"""Data sources of the training loop, chosen by ``config.data.kind`` (``DATA_SOURCES``).
+
+  source = DATA_SOURCES[config.data.kind](config, model_config, workdir)
+
+A source gives the model config adjusted to its data (vocabulary size, special ids), an iterator of training
+batches with ``get_state`` / ``set_state`` (checkpointed), validation batches per name, and optionally
+``static_inputs`` (model arguments fixed per number of rows, see ``train.step``) and a ``final_eval`` run on the
+trained parameters. Every batch is rows-first: each field has the batch as its leading axis.
+
+  ``text``      packed documents of text corpora (``qwen35_jax.data.text_dataset``); yields this process's rows.
+  ``captions``  image-caption rows of the tiny VL run (``qwen35_jax.data.captions``); yields global batches (the
+                loop takes this process's rows), and ends with the held-out caption ranking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from qwen35_jax.config import ModelConfig
+from qwen35_jax.data import fixed_batches, pack_documents, prepare_text_data, train_dataset
+from qwen35_jax.data.captions import CaptionBatches, prepare_caption_data
+from qwen35_jax.data.text_dataset import VOCAB_FILE
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class DataSource:
+    """What a data source gives the loop (see the module docstring)."""
+
+    model_config: ModelConfig
+    train: Any  # iterator of batches with get_state() / set_state(state)
+    validation: dict[str, list[Batch]]  # global batches per name
+    train_tokens: int
+    vocab_file: str | None = None  # the compact vocabulary saved in the workdir, if any
+    train_is_global: bool = False  # True: ``train`` yields whole global batches, not this process's rows
+    static_inputs: Callable[[int], dict[str, Any]] | None = None
+    # (event name, (model_config, params) -> flat numeric record): run after the last step, logged with the event
+    final_eval: tuple[str, Callable[[ModelConfig, nnx.State], dict[str, Any]]] | None = None
+
+
+def text_source(config: ml_collections.ConfigDict, model_config: ModelConfig, workdir: str) -> DataSource:
+    data_cfg = config.data
+    data = prepare_text_data(
+        data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
+        split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
+        compact_vocab_max_size=data_cfg.compact_vocab_max_size or None)
+    if data.vocab is not None:
+        model_config = model_config.replace(vocab_size=data.vocab_size)
+    elif model_config.vocab_size < data.vocab_size:
+        raise ValueError(f"config.model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+                         f"{data.vocab_size} ids; set it to {data.vocab_size} or use data.compact_vocab=True")
+    rows = pack_documents(data.train, data_cfg.seq_len, drop_remainder=True)
+    iterator = iter(train_dataset(rows, global_batch_size=data_cfg.batch_size, seed=data_cfg.seed))
+    validation = {name: fixed_batches(pack_documents(docs, data_cfg.seq_len, drop_remainder=False),
+                                      data_cfg.batch_size, config.train.eval_batches)
+                  for name, docs in data.validation.items()}
+    return DataSource(model_config, iterator, validation, sum(len(d) for d in data.train),
+                      vocab_file=VOCAB_FILE if data_cfg.compact_vocab else None)
+
+
+def rows_first(batch: Batch) -> Batch:
+    """A ``make_batch`` batch in the loop's layout: ``positions [3, B, T] -> [B, 3, T]``, ``pixel_values
+    [B·P, C] -> [B, P, C]``; ``image_grid_thw`` is dropped (it is a static input)."""
+    rows = batch["input_ids"].shape[0]
+    out = {k: v for k, v in batch.items() if k != "image_grid_thw"}
+    out["positions"] = np.ascontiguousarray(np.swapaxes(batch["positions"], 0, 1))
+    out["pixel_values"] = batch["pixel_values"].reshape(rows, -1, batch["pixel_values"].shape[-1])
+    return out
+
+
+class _RowsFirst(Iterator[Batch]):
+    """``CaptionBatches`` yielding ``rows_first`` batches, with the same resumable state."""
+
+    def __init__(self, batches: CaptionBatches) -> None:
+        self._batches = batches
+
+    def __next__(self) -> Batch:
+        return rows_first(next(self._batches))
+
+    def get_state(self) -> dict[str, int]:
+        return self._batches.get_state()
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self._batches.set_state(state)
+
+
+def caption_source(config: ml_collections.ConfigDict, model_config: ModelConfig, workdir: str) -> DataSource:
+    from qwen35_jax.train.caption_ranking import evaluate_ranking, flat_results, format_results
+
+    if model_config.vision is None:
+        raise ValueError("config.model.vision is missing: data.kind='captions' trains a vision-language model; "
+                         "add a vision section (see configs/vl_tiny.py)")
+    data = prepare_caption_data(config.data, workdir)
+    model_config = model_config.replace(**data.model_overrides())
+    grid = np.asarray(data.layout.grid, np.int64)
+    validation = {name: [rows_first(b) for b in batches[:config.train.eval_batches]]
+                  for name, batches in data.validation.items()}
+
+    def ranking(model_config: ModelConfig, params: nnx.State) -> dict[str, Any]:
+        results = evaluate_ranking(model_config, params, data)
+        print(format_results(results), flush=True)
+        return flat_results(results)
+
+    return DataSource(model_config, _RowsFirst(data.train), validation, data.train_pairs * data.config.seq_len,
+                      vocab_file=VOCAB_FILE, train_is_global=True,
+                      static_inputs=lambda rows: {"image_grid_thw": np.tile(grid, (rows, 1))},
+                      final_eval=("caption_rank", ranking))
+
+
+DATA_SOURCES: dict[str, Callable[[ml_collections.ConfigDict, ModelConfig, str], DataSource]] = {
+    "text": text_source, "captions": caption_source}

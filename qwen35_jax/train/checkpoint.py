@@ -67,8 +67,9 @@ def _step_dirs(directory: str) -> list[int]:
 
 
 def checkpoint_root(path: str | os.PathLike) -> str:
-    """``WORKDIR/checkpoints`` for a workdir, or ``path`` itself if it already is a checkpoints folder."""
-    path = os.fspath(path)
+    """``WORKDIR/checkpoints`` for a workdir, or ``path`` itself if it already is a checkpoints folder; absolute
+    (orbax refuses relative checkpoint paths, and ``make demo`` passes ``--workdir runs/demo``)."""
+    path = os.path.abspath(os.fspath(path))
     return path if os.path.basename(os.path.normpath(path)) == CHECKPOINT_DIR else os.path.join(path, CHECKPOINT_DIR)
 
 

@@ -2,6 +2,7 @@
 accumulation trains, validates and ends with the held-out caption ranking; captions config errors name the field."""
 
 import importlib.util
+import os
 import pathlib
 
 import numpy as np
@@ -50,8 +51,9 @@ def small_config(digits_csv):
 
 
 @pytest.mark.slow  # ~1 min on 2 CPU cores, nearly all of it compiling
-def test_caption_run_trains_and_ranks(tmp_path, digits_csv):
-    records = train_and_evaluate(small_config(digits_csv), str(tmp_path / "run"))
+def test_caption_run_trains_and_ranks(tmp_path, digits_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative workdir, as `make demo` passes (orbax needs absolute paths inside)
+    records = train_and_evaluate(small_config(digits_csv), "run")
     assert records[1]["event"] == "model" and records[1]["mesh"]["fsdp"] == 8
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 2 and np.all(np.isfinite(losses))
@@ -61,6 +63,7 @@ def test_caption_run_trains_and_ranks(tmp_path, digits_csv):
     assert len(rank) == 1 and rank[0]["rank/digits/images"] == 50
     assert 0.0 <= rank[0]["rank/digits/top1"] <= 1.0 and rank[0]["rank/digits/chance_top1"] == 0.1
     assert (tmp_path / "run" / "compact_vocab.json").exists()
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["12", "6"]
 
 
 @pytest.mark.parametrize("update, match", [

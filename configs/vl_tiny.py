@@ -11,7 +11,11 @@ Row: ``<|vision_start|> <|image_pad|>x4 <|vision_end|> caption <|endoftext|>`` p
 caption only; compact vocabulary of the training captions (~1,750 ids).
 
 Model: 4 text layers (3 GDN + 1 gated attention), hidden 128, dense SwiGLU 384; vision tower depth 2, hidden 64,
-2 heads, 4x4 learned position table, 2x2 merger to 128. ~1.5 M parameters.
+2 heads, 4x4 learned position table, 2x2 merger to 128. 1.57 M parameters (compact vocabulary of 1,758 ids).
+
+Measured (1,500 steps on one CPU core, 1,077 s): caption loss 7.5 -> 0.37 (train), held-out emoji 7.52 -> 5.39,
+held-out digits 7.52 -> 0.034; held-out ranking among 10 captions: emoji top-1 0.206 (chance 0.1), mean rank 4.86
+(chance 5.5), PMI top-1 0.191; digits top-1 0.978.
 """
 
 from __future__ import annotations

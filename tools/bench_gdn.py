@@ -11,7 +11,8 @@ warm-up, the compile time (s) separately, and the peak RSS (MB, ``getrusage(RUSA
 worker process per (implementation, T, mode), so numbers do not pollute each other.
 
 Rows:
-  ours: ``recurrent`` (skipped at T > 4096: autodiff keeps per-token states, ~26 GB at T=8192), ``chunked``,
+  ours: ``recurrent`` (forward+backward skipped at T > 4096: autodiff keeps per-token states, ~26 GB at
+        T=8192), ``chunked``,
         and ``pallas_tpu`` / ``pallas_gpu`` when the default JAX backend is TPU / GPU.
   peers: ``hf-torch``: ``transformers.models.qwen3_5.modeling_qwen3_5.torch_chunk_gated_delta_rule`` run with the
         ``--ref-python`` interpreter (torch autograd for the backward);
@@ -241,13 +242,14 @@ def main(argv=None) -> int:
     results = []
     for length in seqs:
         for python, impl in rows:
+            fwd = _run_worker(python, impl, length, "fwd", args.repeats)
             if impl == "recurrent" and length > RECURRENT_MAX_T:
                 state_gib = 4 * BATCH * HEADS * DIM * DIM * length / 2**30
-                notes.append(f"recurrent: skipped at T={length} (autodiff through the token scan keeps per-token "
-                             f"[dk, dv] states: several tensors of {state_gib:.0f} GiB each)")
-                continue
-            fwd = _run_worker(python, impl, length, "fwd", args.repeats)
-            fb = _run_worker(python, impl, length, "fwd+bwd", args.repeats)
+                notes.append(f"recurrent: forward+backward skipped at T={length} (autodiff through the token scan "
+                             f"keeps per-token [dk, dv] states: several tensors of {state_gib:.0f} GiB each)")
+                fb = {}
+            else:
+                fb = _run_worker(python, impl, length, "fwd+bwd", args.repeats)
             results.append({"T": length, "impl": impl, "fwd": fwd, "fwd+bwd": fb})
             for name, res in (("fwd", fwd), ("fwd+bwd", fb)):
                 if "error" in res:

@@ -12,11 +12,16 @@ from qwen35_jax.model.params import dense, make_param
 from qwen35_jax.model.rope import apply_partial_rope
 
 
-def attention_mask(segment_ids: jax.Array) -> jax.Array:
-    """``[B, 1, T, T]`` boolean: causal and within the same segment (packed documents, padding = its own segment)."""
-    length = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+def attention_mask(segment_ids: jax.Array, query_segments: jax.Array | None = None,
+                   query_start: jax.Array | int = 0) -> jax.Array:
+    """``[B, 1, Tq, T]`` boolean: causal and within the same segment (packed documents, padding = its own segment).
+    By default the queries are all ``T`` positions; a block of them is ``query_segments [B, Tq]`` starting at
+    position ``query_start``."""
+    if query_segments is None:
+        query_segments = segment_ids
+    query_positions = query_start + jnp.arange(query_segments.shape[1])
+    causal = query_positions[:, None] >= jnp.arange(segment_ids.shape[1])[None, :]
+    same = query_segments[:, :, None] == segment_ids[:, None, :]
     return (causal[None] & same)[:, None]
 
 
@@ -80,14 +85,11 @@ def blocked_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     q_segments = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
     q = q.reshape(batch, blocks, block_q, nq, hd).swapaxes(0, 1)
     q_segments = q_segments.reshape(batch, blocks, block_q).swapaxes(0, 1)
-    key_positions = jnp.arange(length)
 
     @jax.checkpoint
     def one_block(args: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
         q_block, q_seg, start = args
-        causal = (start + jnp.arange(block_q))[:, None] >= key_positions[None, :]
-        mask = causal[None] & (q_seg[:, :, None] == segment_ids[:, None, :])
-        return multihead_attention(q_block, key, value, mask[:, None])
+        return multihead_attention(q_block, key, value, attention_mask(segment_ids, q_seg, start))
 
     out = jax.lax.map(one_block, (q, q_segments, jnp.arange(blocks) * block_q))
     return out.swapaxes(0, 1).reshape(batch, blocks * block_q, nq, hd)[:, :length]

@@ -164,12 +164,13 @@ class ExpertParallel:
         def body(x, weights, experts, gate, up, down):
             batch, length, hidden = x.shape
             tokens, experts, weights = x.reshape(-1, hidden), experts.reshape(-1, top_k), weights.reshape(-1, top_k)
+            platform = self.mesh.devices.flat[0].platform
             if self.dispatch == "local":
-                routed = local_experts(tokens, weights, experts, gate, up, down, self.mesh.devices.flat[0].platform)
+                routed = local_experts(tokens, weights, experts, gate, up, down, platform)
                 dropped = jnp.zeros((), jnp.int32)
             else:
                 dispatch = functools.partial(_capacity, capacity=capacity) if self.dispatch == "capacity" else \
-                    functools.partial(_ragged, buffer=buffer, platform=self.mesh.devices.flat[0].platform)
+                    functools.partial(_ragged, buffer=buffer, platform=platform)
                 per_assignment, dropped = dispatch(tokens, experts, (gate, up, down), expert_axes, ep)
                 routed = jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights)
             if mlp_axes:

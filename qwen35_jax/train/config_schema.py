@@ -91,13 +91,13 @@ def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     config = ml_collections.ConfigDict(config.to_dict())
     for section, defaults in DEFAULTS.items():
         values = dict(config.get(section, {}))
+        kind_note = ""
         if section == "data":
             kind = values.get("kind", "text")
             _require(kind in DATA_DEFAULTS, "data.kind", kind, f"choose one of {DATA_KINDS}")
-            defaults = DATA_DEFAULTS[kind]
+            defaults, kind_note = DATA_DEFAULTS[kind], f" for data.kind={kind!r}"
         bad = sorted(set(values) - set(defaults))
         if bad:
-            kind_note = f" for data.kind={values.get('kind', 'text')!r}" if section == "data" else ""
             raise ValueError(f"config.{section} has unknown field(s) {bad}{kind_note}; valid fields: "
                              f"{sorted(defaults)}")
         for name, value in values.items():

@@ -39,6 +39,7 @@ def test_layer_pattern_and_blocks():
     (dict(dtype="float16"), "dtype"),
     (dict(hidden_size=0), "hidden_size"),
     (dict(attention_bias=True), "attention_bias"),
+    (dict(scan_unroll=0), "scan_unroll"),
     (dict(vision=VisionConfig(out_hidden_size=32)), "vision"),
 ])
 def test_inconsistent_fields_name_the_field(changes, field):

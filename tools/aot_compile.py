@@ -44,7 +44,7 @@ from ml_collections import config_flags  # noqa: E402
 from qwen35_jax.config import FULL_ATTENTION, ModelConfig  # noqa: E402
 from qwen35_jax.model import Qwen35ForCausalLM  # noqa: E402
 from qwen35_jax.model.moe import load_balancing_loss  # noqa: E402
-from qwen35_jax.ops.gated_delta_rule.api import compile_target  # noqa: E402
+from qwen35_jax.ops.backend import compile_target  # noqa: E402
 from qwen35_jax.parallel.mesh import MeshConfig, abstract_model, build_mesh, install_hooks, validate  # noqa: E402
 from qwen35_jax.parallel.rules import MESH_AXES, spec_for, state_shardings  # noqa: E402
 from qwen35_jax.param_count import count_parameters  # noqa: E402
@@ -160,7 +160,9 @@ def default_mesh(config: ModelConfig, chips: int) -> dict[str, int]:
 
 
 def training_config(config: ModelConfig, gdn_impl: str, attention_block_q: int | None = None) -> ModelConfig:
-    config = config.replace(dtype="bfloat16", param_dtype="bfloat16", remat_policy="full", gdn_impl=gdn_impl)
+    # scan_unroll=1: the FLOP estimate counts one block per scan iteration (``Report.scan_factor``).
+    config = config.replace(dtype="bfloat16", param_dtype="bfloat16", remat_policy="full", gdn_impl=gdn_impl,
+                            scan_unroll=1)
     return config if attention_block_q is None else config.replace(attention_block_q=attention_block_q)
 
 

@@ -1,6 +1,6 @@
 """Benchmark of one training step (forward, backward, AdamW): ours side by side with transformers' PyTorch.
 
-    python -m tools.bench_train [--configs dense,moe] [--repeats 5] [--gdn-impl chunked]
+    python -m tools.bench_train [--configs dense,moe] [--repeats 5] [--gdn-impl chunked] [--scan-unroll 2]
                                 [--xla-flags "..."] [--ref-python .venv-ref/bin/python] [--no-peers] [--json out.json]
 
 One fixed small config (the issue's): vocab 4096, hidden 256, 8 layers (3 GDN : 1 attention), 4 attention heads /
@@ -21,9 +21,11 @@ median process CPU seconds per step ("cpu s", all threads: the steadier measure 
 the peak RSS of the worker (``getrusage``), and speed = ours / transformers (tokens/s) for the same config. Other
 processes share the machine: the 1-minute load average is printed before and after.
 
-XLA settings (chosen by measurement, see ``DEFAULT_GDN_IMPL`` / ``DEFAULT_XLA_FLAGS``) are set inside the worker only
-(``XLA_FLAGS`` before jax is imported); ``--gdn-impl`` / ``--xla-flags`` override them to compare variants, and
-``--variants`` runs several of ours in one table (``name=gdn_impl[:flags]``, ``;``-separated).
+Execution settings of ours (chosen by measurement, see ``DEFAULT_GDN_IMPL`` / ``DEFAULT_SCAN_UNROLL`` /
+``DEFAULT_XLA_FLAGS``; they change how the step runs, not what it computes) are set inside the worker only
+(``XLA_FLAGS`` before jax is imported); ``--gdn-impl`` / ``--scan-unroll`` / ``--xla-flags`` override them to compare
+variants, and ``--variants`` runs several of ours in one table (``name=gdn_impl[@scan_unroll][:flags]``,
+``;``-separated).
 
 This file is also the JAX worker (``--worker``); the module imports only the standard library at top level.
 """
@@ -38,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TORCH_WORKER = REPO / "tools" / "hf_reference" / "bench_train_torch.py"
@@ -46,6 +49,7 @@ SEED = 0
 LEARNING_RATE = 1e-4
 # Chosen by measurement on the 2-core CPU (see the report in the module docstring of each variant run).
 DEFAULT_GDN_IMPL = "chunked"
+DEFAULT_SCAN_UNROLL = 2  # both hybrid blocks unrolled (ModelConfig.scan_unroll): 856 vs 695 tokens/s rolled (dense)
 DEFAULT_XLA_FLAGS = ""
 
 # Field names shared by ModelConfig and transformers' Qwen3_5TextConfig / Qwen3_5MoeTextConfig.
@@ -112,7 +116,7 @@ def time_steps(step, repeats: int) -> tuple[list[float], list[float]]:
 # ---------------------------------------------------------------------------------------------------------------
 # JAX worker
 # ---------------------------------------------------------------------------------------------------------------
-def _worker_jax(config: str, gdn_impl: str, repeats: int) -> dict:
+def _worker_jax(config: str, gdn_impl: str, scan_unroll: int, repeats: int) -> dict:
     sys.path.insert(0, str(REPO))
     import jax
     import jax.numpy as jnp
@@ -126,7 +130,7 @@ def _worker_jax(config: str, gdn_impl: str, repeats: int) -> dict:
     fields = model_fields(config)
     fields.pop("rope_theta"), fields.pop("partial_rotary_factor")
     model_config = ModelConfig(**fields, mtp_num_hidden_layers=0, gdn_impl=gdn_impl, remat_policy="none",
-                               dtype="float32", param_dtype="float32")
+                               dtype="float32", param_dtype="float32", scan_unroll=scan_unroll)
     model = Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(SEED))
     graphdef, params = nnx.split(model, nnx.Param)
     del model
@@ -161,7 +165,7 @@ def _worker_jax(config: str, gdn_impl: str, repeats: int) -> dict:
     times, cpu_times = time_steps(run, repeats)
     return {"times": times, "cpu_times": cpu_times, "compile_s": compile_s, "peak_mb": peak_rss_mb(),
             "loss_first": losses[0], "loss_last": losses[-1], "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "gdn_impl": gdn_impl}
+            "gdn_impl": gdn_impl, "scan_unroll": scan_unroll}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,10 +179,10 @@ def _last_result(proc: subprocess.CompletedProcess) -> dict:
     return {"error": " | ".join(tail) or f"exit code {proc.returncode}"}
 
 
-def run_ours(config: str, gdn_impl: str, xla_flags: str, repeats: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), XLA_FLAGS=xla_flags)
-    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", config, "--gdn-impl", gdn_impl,
-           "--repeats", str(repeats)]
+def run_ours(config: str, variant: Variant, repeats: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), XLA_FLAGS=variant.xla_flags)
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", config, "--gdn-impl", variant.gdn_impl,
+           "--scan-unroll", str(variant.scan_unroll), "--repeats", str(repeats)]
     return _last_result(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env))
 
 
@@ -206,17 +210,27 @@ def _fmt(value, spec: str) -> str:
     return "-".rjust(width) if value is None else format(value, spec)
 
 
-def parse_variants(text: str | None, gdn_impl: str, xla_flags: str) -> list[tuple[str, str, str]]:
-    """``name=impl[:flags];...`` as (name, gdn_impl, xla_flags); default one row ``ours``."""
+class Variant(NamedTuple):
+    """One row of ours: a name and the execution settings of its worker."""
+
+    name: str
+    gdn_impl: str
+    scan_unroll: int
+    xla_flags: str
+
+
+def parse_variants(text: str | None, gdn_impl: str, scan_unroll: int, xla_flags: str) -> list[Variant]:
+    """``name=impl[@scan_unroll][:flags];...`` (unroll defaults to ``scan_unroll``); default one row ``ours``."""
     if not text:
-        return [("ours", gdn_impl, xla_flags)]
+        return [Variant("ours", gdn_impl, scan_unroll, xla_flags)]
     out = []
     for item in filter(None, (s.strip() for s in text.split(";"))):
         name, sep, rest = item.partition("=")
-        if not sep:
-            raise ValueError(f"--variants: {item!r} must look like name=gdn_impl[:xla flags]")
-        impl, _, flags = rest.partition(":")
-        out.append((name, impl, flags))
+        settings, _, flags = rest.partition(":")
+        impl, at, unroll = settings.partition("@")
+        if not sep or not impl or (at and not unroll.isdigit()):
+            raise ValueError(f"--variants: {item!r} must look like name=gdn_impl[@scan_unroll][:xla flags]")
+        out.append(Variant(name, impl, int(unroll) if at else scan_unroll, flags))
     return out
 
 
@@ -225,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="dense,moe", help="comma-separated: dense, moe")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per case (median), >= 5 recommended")
     parser.add_argument("--gdn-impl", default=DEFAULT_GDN_IMPL, help="ours: chunked or recurrent")
+    parser.add_argument("--scan-unroll", type=int, default=DEFAULT_SCAN_UNROLL,
+                        help="ours: ModelConfig.scan_unroll (hybrid blocks per layer-scan iteration)")
     parser.add_argument("--xla-flags", default=DEFAULT_XLA_FLAGS, help="ours: XLA_FLAGS of the worker process")
-    parser.add_argument("--variants", help="several of ours: 'name=gdn_impl[:xla flags];...'")
+    parser.add_argument("--variants", help="several of ours: 'name=gdn_impl[@scan_unroll][:xla flags];...'")
     parser.add_argument("--ref-python", default=os.environ.get("HF_REF_PYTHON", ".venv-ref/bin/python"),
                         help="interpreter with torch + transformers (default $HF_REF_PYTHON)")
     parser.add_argument("--no-peers", action="store_true", help="skip transformers")
@@ -235,15 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.scan_unroll < 1:
+        parser.error("--scan-unroll must be >= 1")
 
     if args.worker:
-        print("RESULT " + json.dumps(_worker_jax(args.worker, args.gdn_impl, args.repeats)), flush=True)
+        result = _worker_jax(args.worker, args.gdn_impl, args.scan_unroll, args.repeats)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
         model_fields(c)  # validate before anything runs
-    variants = parse_variants(args.variants, args.gdn_impl, args.xla_flags)
+    variants = parse_variants(args.variants, args.gdn_impl, args.scan_unroll, args.xla_flags)
     ref_python = args.ref_python if os.path.isabs(args.ref_python) else str(REPO / args.ref_python)
     notes = []
     peers = not args.no_peers
@@ -261,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for config in configs:
         jobs = [("transformers", lambda c=config: run_torch(ref_python, c, args.repeats))] if peers else []
-        jobs += [(f"{name} ({impl})", lambda c=config, i=impl, f=flags: run_ours(c, i, f, args.repeats))
-                 for name, impl, flags in variants]
+        jobs += [(f"{v.name} ({v.gdn_impl})", lambda c=config, v=v: run_ours(c, v, args.repeats)) for v in variants]
         reference = None
         for name, job in jobs:  # each row is printed as soon as its worker is done
             res = summarize(job())

@@ -103,6 +103,7 @@ class DecoderStack(nnx.Module):
             return HybridBlock(config, rngs=block_rngs)
 
         self.blocks = make_blocks(rngs)
+        self.scan_unroll = config.scan_unroll
 
     def __call__(self, x: jax.Array, inputs: LayerInputs) -> tuple[jax.Array, RouterStats | None]:
         graphdef, state = nnx.split(self.blocks)
@@ -112,7 +113,7 @@ class DecoderStack(nnx.Module):
                 carry = self.constrain_activations(carry)
             return nnx.merge(graphdef, block_state)(carry, inputs)  # remat: per layer (HybridBlock)
 
-        x, per_block_stats = jax.lax.scan(body, x, state)
+        x, per_block_stats = jax.lax.scan(body, x, state, unroll=self.scan_unroll)
         if per_block_stats is None:
             return x, None
         return x, jax.tree.map(lambda s: jnp.sum(s, axis=0), per_block_stats)

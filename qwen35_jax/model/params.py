@@ -7,11 +7,15 @@ to devices live in ``qwen35_jax.parallel``. Sharding is applied later, so parame
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from qwen35_jax.ops.backend import target_backend
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
@@ -36,9 +40,37 @@ def make_param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None],
 
 
 def dense(x: jax.Array, kernel: nnx.Param | jax.Array, equation: str) -> jax.Array:
-    """``einsum(equation, x, kernel)`` in the activation dtype (weights cast from master dtype, fp32 accumulate)."""
+    """``einsum(equation, x, kernel)`` in the activation dtype (weights cast from master dtype, fp32 accumulate).
+
+    On CPU a projection ``rows + contracted -> rows + new`` runs as one [rows, K] x [K, N] matmul: XLA:CPU's
+    backward of the multi-axis einsum writes the output cotangent transposed ([N, rows]) before the weight-gradient
+    dot, which made a SwiGLU MLP's forward+backward ~1.5x slower (batch 4 x 512, hidden 256 -> 768). Elsewhere the
+    einsum stays as written, so sharded axes keep their own dimensions.
+    """
     w = kernel[...] if isinstance(kernel, nnx.Variable) else kernel
-    return jnp.einsum(equation, x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+    w = w.astype(x.dtype)
+    contracted = _flat_contraction(equation) if target_backend() == "cpu" else None
+    if contracted is None:
+        return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    rows, new = x.shape[: x.ndim - contracted], w.shape[contracted:]
+    size = math.prod(w.shape[:contracted])
+    y = jnp.dot(x.reshape(-1, size), w.reshape(size, -1), preferred_element_type=jnp.float32)
+    return y.reshape(*rows, *new).astype(x.dtype)
+
+
+@functools.cache
+def _flat_contraction(equation: str) -> int | None:
+    """Number of contracted axes when ``equation`` is ``rows + C, C + new -> rows + new`` (C the contracted axes,
+    trailing in x and leading in the kernel, same order); None for any other einsum."""
+    inputs, _, out = equation.replace(" ", "").partition("->")
+    lhs, _, rhs = inputs.partition(",")
+    lhs, out = lhs.replace("...", "."), out.replace("...", ".")
+    contracted = "".join(c for c in rhs if c not in out)
+    new = rhs[len(contracted):]
+    if not contracted or not lhs.endswith(contracted) or not out.endswith(new) or rhs != contracted + new:
+        return None
+    rows = lhs[: len(lhs) - len(contracted)]
+    return len(contracted) if out == rows + new and not set(rows) & set(rhs) else None
 
 
 def dtype_of(name: str) -> jnp.dtype:

@@ -48,6 +48,22 @@ def test_remat_policies_give_identical_gradients(policy):
         np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("unroll", [2, 3])
+def test_unrolled_layer_scan_gives_identical_logits_and_gradients(unroll):
+    """scan_unroll only changes how the 2 hybrid blocks are looped (fully unrolled at 2, and past num_blocks)."""
+    ids = jnp.asarray(np.random.default_rng(4).integers(0, 128, (2, 24)))
+
+    @nnx.jit
+    def logits_and_grads(model):
+        return nnx.value_and_grad(lambda m: jnp.mean(jax.nn.logsumexp(m(ids).logits, -1)))(model)
+
+    (loss, grads), (loss_unrolled, grads_unrolled) = (logits_and_grads(_model()),
+                                                      logits_and_grads(_model(scan_unroll=unroll)))
+    np.testing.assert_allclose(loss, loss_unrolled, rtol=1e-6)
+    for g1, g2 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_unrolled), strict=True):
+        np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+
+
 def test_jit_matches_eager_and_multimodal_positions_reduce_to_text():
     model = _model(num_experts=0, intermediate_size=48)
     ids = jnp.asarray(np.random.default_rng(2).integers(0, 128, (1, 20)))

@@ -1,7 +1,9 @@
-"""Pallas gated delta rule kernels (TPU Mosaic, GPU Triton) in interpret mode against the token recurrence.
+"""Pallas gated delta rule kernels (TPU Mosaic, GPU Triton) against the token recurrence.
 
-Interpret mode spends its time compiling the interpreted kernels (~10-20 s per shape on 2 cores), so each case
-below covers several features at once (ragged T, grouped heads, initial state, segment resets, value tiles).
+A kernel runs compiled when the default backend is its own (``tools/gpu_check_gdn.sh`` runs the GPU cases on a GPU)
+and in interpret mode otherwise (CI). Interpret mode spends its time compiling the interpreted kernels (~10-20 s per
+shape on 2 cores), so each case below covers several features at once (ragged T, grouped heads, initial state,
+segment resets, value tiles).
 """
 
 import functools
@@ -19,9 +21,10 @@ from qwen35_jax.ops.gated_delta_rule.reference import recurrent_core
 TOL = 5e-3
 TOL_GATES = 2e-2  # gradients of g and beta
 NAMES = ("q", "k", "v", "g", "beta", "initial_state")
+BACKEND = jax.default_backend()
 CORES = {
-    "tpu": functools.partial(pallas_tpu.gated_delta_rule_core, interpret=True),
-    "gpu": functools.partial(pallas_gpu.gated_delta_rule_core, interpret=True),
+    "tpu": functools.partial(pallas_tpu.gated_delta_rule_core, interpret=BACKEND != "tpu"),
+    "gpu": functools.partial(pallas_gpu.gated_delta_rule_core, interpret=BACKEND != "gpu"),
 }
 
 
@@ -66,8 +69,9 @@ def make_case(seed, batch, length, h_k, h_v, d_k, d_v, *, with_state=True, start
     return x, segment_ids, cotangents
 
 
-# Interpret mode is compile-bound; XLA's backend optimisations cost more than they save at these sizes.
-@functools.partial(jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0})
+# Interpret mode is compile-bound; XLA's CPU backend optimisations cost more than they save at these sizes.
+@functools.partial(jax.jit, static_argnums=0,
+                   compiler_options={"xla_backend_optimization_level": 0} if BACKEND == "cpu" else None)
 def outputs_and_grads(core, x, segment_ids, cotangents):
     def loss(x):
         o, s = core(x["q"], x["k"], x["v"], x["g"], x["beta"], x["initial_state"], segment_ids)
@@ -84,6 +88,7 @@ def assert_matches_recurrence(core, x, segment_ids, cotangents):
     errors.update({f"d{n}": rel(grads[n], rgrads[n]) for n in NAMES if x[n] is not None})
     limits = {name: TOL_GATES if name in ("dg", "dbeta") else TOL for name in errors}
     assert all(errors[n] <= limits[n] for n in errors), errors
+    return errors
 
 
 # (B, T, Hk, Hv, dk, dv, block_dv, with_state, segment starts per batch row)
@@ -105,6 +110,16 @@ def test_kernel_matches_recurrence(backend, case):
     x, segment_ids, cot = make_case(0, batch, length, h_k, h_v, d_k, d_v, with_state=with_state, starts=starts)
     core = functools.partial(CORES[backend], block_dv=block_dv)
     assert_matches_recurrence(core, x, segment_ids, cot)
+
+
+@pytest.mark.parametrize("backend", list(CORES))
+def test_compiled_kernel_at_model_head_dim(backend):
+    """dk = dv = 128, T = 2000 (ragged), Hv = 4 Hk, two resets: the model's shape, compiled on the kernel's own
+    backend only (interpreted it takes many minutes on 2 CPU cores; the cases above cover interpret mode in CI)."""
+    if backend != BACKEND:
+        pytest.skip(f"needs a {backend} backend to run compiled (default backend: {BACKEND})")
+    x, segment_ids, cot = make_case(3, 1, 2000, 4, 16, 128, 128, starts=[[700, 1500]])
+    print("relative errors vs recurrence:", assert_matches_recurrence(CORES[backend], x, segment_ids, cot))
 
 
 def test_tpu_lane_dense_layout_matches_recurrence():

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 from parallel_helpers import assert_trees_close, random_model, tiny_config
 
-from qwen35_jax.ops.gated_delta_rule.api import compile_target
+from qwen35_jax.ops.backend import compile_target
 from qwen35_jax.parallel.mesh import MeshConfig, ShardedDeltaRule, build_mesh, install_hooks, shard_model, validate
 from qwen35_jax.train.losses import masked_cross_entropy
 

@@ -6,30 +6,19 @@ XLA with a hand-written VJP, the CPU default), ``pallas_tpu`` / ``pallas_gpu`` (
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+
+from qwen35_jax.ops.backend import compile_target, target_backend
+
+__all__ = ["IMPLS", "compile_target", "gated_delta_rule", "resolve_impl"]
 
 IMPLS = ("auto", "recurrent", "chunked", "pallas_tpu", "pallas_gpu")
 L2NORM_EPS = 1e-6
 # Backend names (jax.default_backend()) each Pallas core can run on without interpret mode.
 _PALLAS_BACKENDS = {"pallas_tpu": ("tpu",), "pallas_gpu": ("gpu", "cuda", "rocm")}
-_target_backend: str | None = None  # set by ``compile_target``
-
-
-@contextlib.contextmanager
-def compile_target(backend: str) -> Iterator[None]:
-    """Resolve implementations as if the default backend were ``backend``: AOT-compiling for TPU on a CPU host
-    (``tools.aot_compile``) traces the Pallas TPU kernel that the program would run there."""
-    global _target_backend
-    previous, _target_backend = _target_backend, backend
-    try:
-        yield
-    finally:
-        _target_backend = previous
 
 
 def l2norm(x: jax.Array) -> jax.Array:
@@ -93,7 +82,7 @@ def _validate(q, k, v, g, beta, initial_state, segment_ids, impl) -> None:
 
 def resolve_impl(impl: str, interpret: bool = False) -> str:
     """Map ``auto`` to the backend's implementation and refuse a Pallas core on a foreign backend."""
-    backend = _target_backend or jax.default_backend()
+    backend = target_backend()
     if impl == "auto":
         if backend == "tpu":
             return "pallas_tpu"

@@ -25,13 +25,18 @@ Every per-chunk result is linear in the value columns of (V, S, dO, dS'), so a l
 gradients that mix value columns (dq, dk, dbeta, dgamma) then come back as per-tile partials that the host sums.
 
 Matmul operands are cast to the input dtype (bf16 inputs -> bf16 MXU/tensor-core passes) with fp32 accumulation;
-fp32 operands use ``Precision.HIGHEST`` (no TF32 / single bf16 pass). The triangular inverse always runs in fp32.
+fp32 operands use ``Precision.HIGHEST`` (no TF32 / single bf16 pass) unless a kernel traces its body inside
+``fp32_dot_precision(...)`` (the compiled Triton kernels use 3-pass TF32, see ``pallas_gpu``). The triangular inverse
+always runs in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
+from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
 import jax
@@ -51,9 +56,22 @@ TABLE_ROWS = 8
 # ----------------------------------------------------------------------------------------------------------------
 
 
+_FP32_PRECISION: contextvars.ContextVar = contextvars.ContextVar("fp32_dot_precision", default=lax.Precision.HIGHEST)
+
+
+@contextlib.contextmanager
+def fp32_dot_precision(precision: lax.Precision | lax.DotAlgorithmPreset) -> Iterator[None]:
+    """Precision of the fp32-operand matmuls traced inside this context (default ``Precision.HIGHEST``)."""
+    token = _FP32_PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _FP32_PRECISION.reset(token)
+
+
 def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype) -> jax.Array:
     """fp32-accumulated a·b contracting a's axis contract[0] with b's axis contract[1], operands cast to dtype."""
-    precision = lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else lax.Precision.DEFAULT
+    precision = _FP32_PRECISION.get() if jnp.dtype(dtype) == jnp.float32 else lax.Precision.DEFAULT
     return lax.dot_general(
         a.astype(dtype), b.astype(dtype), (((contract[0],), (contract[1],)), ((), ())),
         precision=precision, preferred_element_type=jnp.float32,

@@ -10,9 +10,20 @@ q and k are addressed at their key head (h // r) by the BlockSpec index map; rep
 Sequence arrays use the free [B, T, H·d] view. Triton needs power-of-two tensor sizes and dot operands of at least
 16 per side, hence the dk / dv / block_dv checks below.
 
+fp32 matmuls run as 3-pass TF32 on the tensor cores (``DotAlgorithmPreset.TF32_TF32_F32_X3``, about fp32 accuracy)
+when compiled. ``Precision.HIGHEST`` lowers to Triton's ``ieee`` dots, which Triton writes out as scalar FMAs
+(22k-49k per kernel): on an H200 host the forward took 31 s to compile at dk = dv = 16 and the forward+backward
+kernels did not compile within a minute at dk = dv = 128. Offline Triton 3.6 builds for sm_90 of these kernels
+(2 shared cores, ~4x slower than that host): dk = dv = 16 forward / backward 129 s / 345 s with HIGHEST against 9 s /
+18 s with 3-pass TF32; dk = dv = 128 forward 375 s against 26 s. Plain TF32 compiles faster still, but its dk = 128
+backward needs 304 KiB of shared memory (the H100/H200 block limit is 227 KiB; 3-pass TF32 needs 224 KiB). Every
+variant still uses 255 registers and spills: the tile sizes below are untuned. Interpret mode keeps HIGHEST (XLA:CPU
+has no TF32 algorithms).
+
 Jax 0.12 marks the Pallas Triton backend deprecated in favour of Mosaic GPU; Triton is used because its lowering
-accepts the same generic array code as the TPU kernels (``chunk_math``). This module can only be *run* in interpret
-mode here (no GPU); ``tests/ops/test_gdn_pallas.py`` also lowers it to Triton IR for an abstract H100.
+accepts the same generic array code as the TPU kernels (``chunk_math``). ``tests/ops/test_gdn_pallas.py`` runs the
+kernels in interpret mode in CI (and compiled on a GPU) and lowers them to Triton IR for an abstract H100;
+``tools/gpu_check_gdn.sh`` is the check to run on a GPU machine.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from qwen35_jax.ops.gated_delta_rule.chunk_math import (
     chunk_backward,
     chunk_forward,
     chunked_core,
+    fp32_dot_precision,
     out_struct,
     value_tiles,
 )
@@ -41,6 +53,7 @@ from qwen35_jax.ops.gated_delta_rule.chunk_math import (
 # with 4 warps (fla's chunked kernels use value blocks of 32-64 for the same reason). Untuned: no GPU here.
 DEFAULT_BLOCK_DV = 64
 NUM_WARPS = 4
+COMPILED_FP32_PRECISION = lax.DotAlgorithmPreset.TF32_TF32_F32_X3
 
 
 def _check_power_of_two(name: str, value: int) -> None:
@@ -128,10 +141,19 @@ class GpuKernels:
         tiles = value_tiles(dims.d_v, block_dv)
         for name, value in (("dk", dims.d_k), ("dv", dims.d_v), ("block_dv", block_dv)):
             _check_power_of_two(name, value)
-        call = functools.partial(
+        launch = functools.partial(
             pl.pallas_call, grid=(dims.batch, dims.h_v, tiles), interpret=self.interpret,
             compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
         )
+        precision = lax.Precision.HIGHEST if self.interpret else COMPILED_FP32_PRECISION
+
+        def call(kernel, **kwargs):
+            def traced(*refs):
+                with fp32_dot_precision(precision):
+                    kernel(*refs, chunks=dims.chunks)
+
+            return launch(traced, **kwargs)
+
         return dims, block_dv, tiles, call
 
     def _input_specs(self, x: Packed, dims: KernelDims, block_dv: int, tiles: int) -> dict[str, pl.BlockSpec]:
@@ -148,7 +170,7 @@ class GpuKernels:
         dims, block_dv, tiles, call = self._setup(x)
         sp = self._input_specs(x, dims, block_dv, tiles)
         return call(
-            functools.partial(_forward_kernel, chunks=dims.chunks),
+            _forward_kernel,
             in_specs=[sp["qk"], sp["qk"], sp["v"], sp["table"], sp["table"], sp["seg"], sp["state"]],
             out_specs=[sp["v"], sp["state"]],
             out_shape=[out_struct(x.v.shape, x), out_struct(x.s0.shape, x)],
@@ -158,7 +180,7 @@ class GpuKernels:
         dims, block_dv, tiles, call = self._setup(x)
         sp = self._input_specs(x, dims, block_dv, tiles)
         return call(
-            functools.partial(_states_kernel, chunks=dims.chunks),
+            _states_kernel,
             in_specs=[sp["qk"], sp["v"], sp["table"], sp["table"], sp["seg"], sp["state"]],
             out_specs=pl.BlockSpec((None, None, dims.chunks, dims.d_k, block_dv), lambda b, h, j: (b, h, 0, 0, j)),
             out_shape=out_struct((dims.batch, dims.h_v, dims.chunks, dims.d_k, dims.d_v), x),
@@ -174,7 +196,7 @@ class GpuKernels:
         part_shape = (dims.batch, dims.padded_length, dims.h_v * tiles * dims.d_k)
         table_shape = (dims.batch, dims.h_v * tiles, *x.gam.shape[2:])
         return Partials(*call(
-            functools.partial(_backward_kernel, chunks=dims.chunks),
+            _backward_kernel,
             in_specs=[sp["qk"], sp["qk"], sp["v"], sp["table"], sp["table"], sp["seg"], state_in, sp["v"],
                       sp["state"]],
             out_specs=[part, part, sp["v"], table_out, table_out, sp["state"]],

@@ -15,7 +15,7 @@ from qwen35_jax.model.moe import RouterStats, load_balancing_loss
 from qwen35_jax.model.mtp import MultiTokenPredictor
 from qwen35_jax.model.multimodal import fuse_vision, multimodal_positions
 from qwen35_jax.model.norms import RMSNorm
-from qwen35_jax.model.params import make_param
+from qwen35_jax.model.params import dense, make_param
 from qwen35_jax.model.rope import rope_cos_sin
 from qwen35_jax.model.vision import VisionTower
 
@@ -65,10 +65,8 @@ class Qwen35ForCausalLM(nnx.Module):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:
-            return jnp.einsum("bte,ve->btv", hidden, self.embed_tokens[...].astype(hidden.dtype),
-                              preferred_element_type=jnp.float32).astype(hidden.dtype)
-        return jnp.einsum("bte,ev->btv", hidden, self.lm_head[...].astype(hidden.dtype),
-                          preferred_element_type=jnp.float32).astype(hidden.dtype)
+            return dense(hidden, self.embed_tokens, "bte,ve->btv")
+        return dense(hidden, self.lm_head, "bte,ev->btv")
 
     def layer_inputs(self, input_ids: jax.Array, segment_ids: jax.Array | None, positions: jax.Array | None,
                      attention_mask: jax.Array | None) -> LayerInputs:

@@ -157,7 +157,10 @@ def _worker_jax(impl: str, shape: Shape, mode: str, repeats: int) -> dict:
     if mode == "fwd":
         fn = jax.jit(run)
     else:
-        fn = jax.jit(jax.grad(lambda *a: jnp.sum(run(*a).astype(jnp.float32) * cot), argnums=(0, 1, 2, 3, 4)))
+        # The cotangent is an argument, not a closed-over constant: XLA would embed a constant in the executable.
+        grad = jax.grad(lambda *a: jnp.sum(run(*a[:5]).astype(jnp.float32) * a[5]), argnums=(0, 1, 2, 3, 4))
+        fn = jax.jit(grad)
+        args = [*args, cot]
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - start

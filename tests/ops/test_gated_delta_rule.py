@@ -94,12 +94,15 @@ def test_chunked_segment_resets():
     assert_matches(inputs, cot_o, cot_s, segment_ids)
 
 
-def test_chunked_several_groups():
-    # 1100 tokens = 18 chunks = 2 groups of 9; resets inside a group, at the group boundary (576) and near the end.
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_chunked_several_groups(target):
+    # 1100 tokens = 18 chunks: one chunk per group on CPU, 2 groups of 9 when tracing for an accelerator (the CPU runs
+    # that program too); resets inside a group, at the accelerator group boundary (576) and near the end.
     length = 1100
     inputs, cot_o, cot_s = make_inputs(9, 1, length, 1, 2, 8, 8)
-    assert chunked._grouping(length) == (2, 9)
-    assert_matches(inputs, cot_o, cot_s, segments(1, length, [[100, 576, 1000]]))
+    with api.compile_target(target):
+        assert chunked._grouping(length, chunked._max_group()) == {"cpu": (18, 1), "gpu": (2, 9)}[target]
+        assert_matches(inputs, cot_o, cot_s, segments(1, length, [[100, 576, 1000]]))
 
 
 def test_segment_reset_blocks_initial_state():

@@ -1,7 +1,8 @@
 """Benchmark of one training step (forward, backward, AdamW): ours side by side with transformers' PyTorch.
 
     python -m tools.bench_train [--configs dense,moe] [--repeats 5] [--gdn-impl chunked] [--scan-unroll 2]
-                                [--xla-flags "..."] [--ref-python .venv-ref/bin/python] [--no-peers] [--json out.json]
+                                [--xla-flags "..."] [--ref-python .venv-ref/bin/python] [--no-peers] [--no-ceiling]
+                                [--json out.json]
 
 One fixed small config (the issue's): vocab 4096, hidden 256, 8 layers (3 GDN : 1 attention), 4 attention heads /
 2 kv of dim 64, linear heads 4 k / 8 v of dim 32, conv 4, dense SwiGLU 768 or (``moe``) 8 experts top-2 of width 128
@@ -18,8 +19,14 @@ is one ``jax.jit`` with the params and optimizer state donated. Peer: ``transfor
 Each (config, implementation) runs in a fresh worker process: one warm-up step (ours: the AOT compile is timed apart
 as "compile s"), then ``--repeats`` timed steps; the table gives the median step time, tokens/s = 4·512 / median, the
 median process CPU seconds per step ("cpu s", all threads: the steadier measure when other jobs share the cores),
-the peak RSS of the worker (``getrusage``), and speed = ours / transformers (tokens/s) for the same config. Other
-processes share the machine: the 1-minute load average is printed before and after.
+the peak RSS of the worker (``getrusage``), the step's GFLOP and the rate achieved (GFLOP / median step time), and
+speed = ours / transformers (tokens/s) for the same config. GFLOP counts each side's own algorithm: ours from XLA's
+cost analysis of the compiled step, transformers' from PyTorch's ``FlopCounterMode`` over one forward + backward.
+Other processes share the machine: the 1-minute load average is printed before and after.
+
+After the table, a fresh worker times fp32 ``jnp.dot`` at the step's large matmul shapes (``ceiling_shapes``): the
+best rate bounds ours from above (tokens/s <= 4·512 · best / GFLOP per step, with every op a matmul at that rate),
+and the ratio to transformers at that bound is printed (``--no-ceiling`` skips it).
 
 Execution settings of ours (chosen by measurement, see ``DEFAULT_GDN_IMPL`` / ``DEFAULT_SCAN_UNROLL`` /
 ``DEFAULT_XLA_FLAGS``; they change how the step runs, not what it computes) are set inside the worker only
@@ -73,6 +80,15 @@ DENSE = dict(intermediate_size=768)
 MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128, shared_expert_intermediate_size=128)
 ROPE = dict(rope_theta=1e7, partial_rotary_factor=0.25, mrope_section=[3, 3, 2])  # rotary 16 dims: 8 frequencies
 CONFIGS = ("dense", "moe")
+
+
+def ceiling_shapes() -> tuple[tuple[int, int, int], ...]:
+    """(rows, contracted, columns) of the step's large fp32 matmuls: the LM head's forward and input gradient, the
+    dense MLP's up and down projections, and two weight gradients (contracted over the tokens)."""
+    tokens, hidden, vocab = BATCH * SEQ, COMMON["hidden_size"], COMMON["vocab_size"]
+    mlp = DENSE["intermediate_size"]
+    return ((tokens, hidden, vocab), (tokens, vocab, hidden), (tokens, hidden, mlp), (tokens, mlp, hidden),
+            (hidden, tokens, mlp), (hidden, tokens, vocab))
 
 
 def model_fields(config: str) -> dict:
@@ -154,6 +170,8 @@ def _worker_jax(config: str, gdn_impl: str, scan_unroll: int, repeats: int) -> d
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state).compile()
     compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
     state = {"p": params, "s": opt_state}
     losses = []
 
@@ -164,8 +182,26 @@ def _worker_jax(config: str, gdn_impl: str, scan_unroll: int, repeats: int) -> d
     run()  # warm-up
     times, cpu_times = time_steps(run, repeats)
     return {"times": times, "cpu_times": cpu_times, "compile_s": compile_s, "peak_mb": peak_rss_mb(),
-            "loss_first": losses[0], "loss_last": losses[-1], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "gflop": cost.get("flops", 0.0) / 1e9 or None, "loss_first": losses[0], "loss_last": losses[-1],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "gdn_impl": gdn_impl, "scan_unroll": scan_unroll}
+
+
+def _worker_ceiling(repeats: int) -> dict:
+    """fp32 ``jnp.dot`` GFLOP/s at the step's own matmul shapes (``ceiling_shapes``), median of ``repeats`` each."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rates = {}
+    rng = np.random.default_rng(SEED)
+    for m, k, n in ceiling_shapes():
+        a = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+        b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+        matmul = jax.jit(jnp.dot).lower(a, b).compile()
+        times, _ = time_steps(lambda f=matmul, a=a, b=b: f(a, b).block_until_ready(), repeats + 1)
+        rates[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(times[1:]) / 1e9
+    return {"gflops": rates}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,6 +222,12 @@ def run_ours(config: str, variant: Variant, repeats: int) -> dict:
     return _last_result(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env))
 
 
+def run_ceiling(repeats: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", "ceiling", "--repeats", str(repeats)]
+    return _last_result(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env))
+
+
 def run_torch(python: str, config: str, repeats: int) -> dict:
     spec = {"config": config, "fields": model_fields(config), "batch": BATCH, "seq": SEQ, "seed": SEED,
             "lr": LEARNING_RATE, "repeats": repeats}
@@ -201,8 +243,26 @@ def summarize(result: dict) -> dict:
     if "error" in result:
         return result
     median = statistics.median(result["times"])
+    gflop = result.get("gflop")
     return dict(result, step_ms=1e3 * median, tokens_per_s=BATCH * SEQ / median,
-                cpu_s=statistics.median(result["cpu_times"]))
+                cpu_s=statistics.median(result["cpu_times"]), gflop_per_s=gflop / median if gflop else None)
+
+
+def ceiling_report(gflops: dict[str, float], results: list[dict]) -> str:
+    """The machine's fp32 matmul rate at the step's shapes, and what it bounds: a step of G GFLOP cannot run faster
+    than G / (best rate), whatever its schedule (the elementwise, softmax and optimizer work only add to it)."""
+    best = max(gflops.values())
+    lines = ["fp32 matmul ceiling (XLA jnp.dot at the step's shapes, GFLOP/s): "
+             + ", ".join(f"{shape} {rate:.0f}" for shape, rate in gflops.items())]
+    reference = {r["config"]: r for r in results if r["implementation"] == "transformers" and "error" not in r}
+    for r in results:
+        if r.get("gflop") and not r["implementation"].startswith("transformers"):
+            bound = BATCH * SEQ * best / r["gflop"]
+            ratio = (f" = {bound / reference[r['config']]['tokens_per_s']:.2f}x transformers"
+                     if r["config"] in reference else "")
+            lines.append(f"  {r['config']} {r['implementation']}: {r['gflop']:.1f} GFLOP/step at {best:.0f} GFLOP/s "
+                         f"-> at most {bound:,.0f} tokens/s{ratio}; measured {r['gflop_per_s'] / best:.0%} of it")
+    return "\n".join(lines)
 
 
 def _fmt(value, spec: str) -> str:
@@ -246,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref-python", default=os.environ.get("HF_REF_PYTHON", ".venv-ref/bin/python"),
                         help="interpreter with torch + transformers (default $HF_REF_PYTHON)")
     parser.add_argument("--no-peers", action="store_true", help="skip transformers")
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                        help="skip the fp32 matmul ceiling measured after the table")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -255,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scan-unroll must be >= 1")
 
     if args.worker:
-        result = _worker_jax(args.worker, args.gdn_impl, args.scan_unroll, args.repeats)
+        result = (_worker_ceiling(args.repeats) if args.worker == "ceiling"
+                  else _worker_jax(args.worker, args.gdn_impl, args.scan_unroll, args.repeats))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
@@ -272,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         peers = False
 
     header = (f"{'config':<7} {'implementation':<22} {'tokens/s':>9} {'step ms':>9} {'cpu s':>6} {'compile s':>9} "
-              f"{'peak MB':>8} {'speed':>6}")
+              f"{'peak MB':>8} {'GFLOP':>6} {'GFLOP/s':>7} {'speed':>6}")
     print(f"training step (fwd+bwd+AdamW), batch {BATCH}x{SEQ} fp32, median of {args.repeats}; cores "
           f"{os.cpu_count()}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     print(header)
@@ -293,8 +356,14 @@ def main(argv: list[str] | None = None) -> int:
                 speed = res["tokens_per_s"] / reference["tokens_per_s"]
             print(f"{config:<7} {name:<22} {_fmt(res.get('tokens_per_s'), '9.0f')} {_fmt(res.get('step_ms'), '9.1f')} "
                   f"{_fmt(res.get('cpu_s'), '6.2f')} {_fmt(res.get('compile_s'), '9.1f')} "
-                  f"{_fmt(res.get('peak_mb'), '8.0f')} {_fmt(speed, '6.2f')}", flush=True)
+                  f"{_fmt(res.get('peak_mb'), '8.0f')} {_fmt(res.get('gflop'), '6.1f')} "
+                  f"{_fmt(res.get('gflop_per_s'), '7.1f')} {_fmt(speed, '6.2f')}", flush=True)
             results.append({"config": config, "implementation": name, **res, "speed_vs_transformers": speed})
+    ceiling = run_ceiling(args.repeats) if args.ceiling else None
+    if ceiling and "error" in ceiling:
+        notes.append(f"matmul ceiling failed: {ceiling['error']}")
+    elif ceiling:
+        print(ceiling_report(ceiling["gflops"], results))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     for note in notes:
         print("note:", note)

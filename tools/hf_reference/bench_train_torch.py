@@ -6,7 +6,8 @@ Builds ``Qwen3_5ForCausalLM`` (``Qwen3_5TextConfig``) or ``Qwen3_5MoeForCausalLM
 ``output_router_logits=True`` so the load-balancing loss is part of the trained loss, like ours) in fp32 from the
 spec's fields, with ``torch.set_num_threads(os.cpu_count())``; the step is ``model(input_ids, labels=input_ids)``
 (shifted next-token cross-entropy inside transformers) → ``loss.backward()`` → ``torch.optim.AdamW.step()`` →
-``zero_grad``. One warm-up step, then ``repeats`` timed steps. Prints one ``RESULT {json}`` line.
+``zero_grad``. One warm-up step, one untimed forward + backward under ``FlopCounterMode`` (the step's GFLOP), then
+``repeats`` timed steps. Prints one ``RESULT {json}`` line.
 Runs in the reference environment only (torch + transformers, no jax).
 """
 
@@ -39,6 +40,17 @@ def build(spec: dict) -> torch.nn.Module:
     return model_class(config).to(torch.float32).train()
 
 
+def count_gflop(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """GFLOP of one forward + backward as PyTorch's ``FlopCounterMode`` counts them (matmuls and convolutions of
+    transformers' own algorithm, e.g. the repeated k/v of GQA); the gradients are discarded."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         raise SystemExit("usage: bench_train_torch.py '<json spec>' (run by python -m tools.bench_train)")
@@ -59,6 +71,7 @@ def main(argv: list[str]) -> int:
         losses.append(float(loss))
 
     step()  # warm-up
+    gflop = count_gflop(model, ids)
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -70,7 +83,7 @@ def main(argv: list[str]) -> int:
         step()
         times.append(time.perf_counter() - start)
         cpu_times.append(cpu() - start_cpu)
-    result = {"times": times, "cpu_times": cpu_times, "compile_s": None,
+    result = {"times": times, "cpu_times": cpu_times, "compile_s": None, "gflop": gflop,
               "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "loss_first": losses[0], "loss_last": losses[-1], "threads": torch.get_num_threads(),
               "torch": torch.__version__, "transformers": transformers.__version__,

@@ -10,8 +10,8 @@ Qwen3.5 tokenizer and a compact vocabulary of the 21,395 ids the training plays 
 
 Expected: validation loss ~10.0 (= ln 21395, uniform) at step 0 and ~6.6 after 30 steps (>= 3 nats lower).
 Measured with `make demo` (experiments.train + experiments.eval; grain data, orbax checkpoints every 10 steps) on a
-quiet 2-core machine: 2 min 19 s wall (data 3 s, model init 2 s from the compilation cache, 17 s without it,
-validation 11 s, train-step compile 41 s, then 990-1,189 tokens/s).
+quiet 2-core machine: 2 min 08 s - 2 min 19 s wall in two runs (data 3 s, model init 2 s from the compilation
+cache, 17 s without it, validation 9-11 s, train-step compile 38-41 s, then 990-1,341 tokens/s).
 
   step         0      5     10     15     20     25     30
   train loss   -    9.87   8.37   7.21   7.11   6.42   6.61

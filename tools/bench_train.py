@@ -249,8 +249,9 @@ def summarize(result: dict) -> dict:
 
 
 def ceiling_report(gflops: dict[str, float], results: list[dict]) -> str:
-    """The machine's fp32 matmul rate at the step's shapes, and what it bounds: a step of G GFLOP cannot run faster
-    than G / (best rate), whatever its schedule (the elementwise, softmax and optimizer work only add to it)."""
+    """The machine's fp32 matmul rate at the step's shapes, and what it bounds: while its matmuls run no faster than
+    they do alone, a step of G GFLOP takes at least G / (the best of these rates), whatever its schedule (the
+    elementwise, softmax and optimizer work only add to it)."""
     best = max(gflops.values())
     lines = ["fp32 matmul ceiling (XLA jnp.dot at the step's shapes, GFLOP/s): "
              + ", ".join(f"{shape} {rate:.0f}" for shape, rate in gflops.items())]

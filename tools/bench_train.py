@@ -215,17 +215,20 @@ def _last_result(proc: subprocess.CompletedProcess) -> dict:
     return {"error": " | ".join(tail) or f"exit code {proc.returncode}"}
 
 
-def run_ours(config: str, variant: Variant, repeats: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), XLA_FLAGS=variant.xla_flags)
-    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", config, "--gdn-impl", variant.gdn_impl,
-           "--scan-unroll", str(variant.scan_unroll), "--repeats", str(repeats)]
+def _run_jax_worker(worker_args: list[str], xla_flags: str) -> dict:
+    """This file as a fresh JAX worker process (``--worker ...``) with ``XLA_FLAGS`` set before jax is imported."""
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), XLA_FLAGS=xla_flags)
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", *worker_args]
     return _last_result(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env))
+
+
+def run_ours(config: str, variant: Variant, repeats: int) -> dict:
+    return _run_jax_worker([config, "--gdn-impl", variant.gdn_impl, "--scan-unroll", str(variant.scan_unroll),
+                            "--repeats", str(repeats)], variant.xla_flags)
 
 
 def run_ceiling(repeats: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", "ceiling", "--repeats", str(repeats)]
-    return _last_result(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env))
+    return _run_jax_worker(["ceiling", "--repeats", str(repeats)], os.environ.get("XLA_FLAGS", ""))
 
 
 def run_torch(python: str, config: str, repeats: int) -> dict:
@@ -257,7 +260,7 @@ def ceiling_report(gflops: dict[str, float], results: list[dict]) -> str:
              + ", ".join(f"{shape} {rate:.0f}" for shape, rate in gflops.items())]
     reference = {r["config"]: r for r in results if r["implementation"] == "transformers" and "error" not in r}
     for r in results:
-        if r.get("gflop") and not r["implementation"].startswith("transformers"):
+        if r.get("gflop") and r["implementation"] != "transformers":
             bound = BATCH * SEQ * best / r["gflop"]
             ratio = (f" = {bound / reference[r['config']]['tokens_per_s']:.2f}x transformers"
                      if r["config"] in reference else "")

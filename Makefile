@@ -16,7 +16,7 @@ REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy pillow==13.
 export JAX_PLATFORMS ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-vl test lint fixtures setup bench-gdn bench-train bench-decode bench-convert clean
+.PHONY: demo demo-vl test check-slow lint fixtures setup bench-gdn bench-train bench-decode bench-convert clean
 
 demo: $(VENV)/.installed
 	$(PY) -m experiments.train --config configs/tiny.py --workdir runs/demo
@@ -30,6 +30,15 @@ demo-vl: $(VENV)/.installed
 test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .
 	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the README's AOT table from the
+# release config variants (each compile takes minutes to tens of minutes on 2 cores), then the real 0.8B architecture
+# and vocabulary trained for 3 steps on this CPU and generated from (a fresh workdir under /tmp).
+check-slow: $(VENV)/.installed
+	$(PY) -m tools.aot_compile --sweep
+	@w=$$(mktemp -d /tmp/qwen35_0p8b_cpu.XXXXXX) && set -x && \
+	$(PY) -m experiments.train --config configs/qwen35_0p8b.py:cpu --workdir $$w --config.train.steps=3 && \
+	$(PY) -m experiments.generate --workdir $$w --prompt "To be, or not to be" --max_new_tokens 8
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

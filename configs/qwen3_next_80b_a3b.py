@@ -1,18 +1,25 @@
-"""Qwen3-Next-80B-A3B (text-only MoE, grouped GDN projections, 1-D RoPE).
+"""Qwen3-Next-80B-A3B (MoE: 512 experts, top-10, text only, grouped GDN projections).
 
-Parameter count (exact checkpoint total, spec §4):
+Variants (``get_config(arg)``, pick one with ``configs/qwen3_next_80b_a3b.py:VARIANT``; default ``v5p-32``):
+  v5p-32   v5p:4x4x2, fsdp 4 x expert 8
+
+Launch:
+  python -m experiments.train --config configs/qwen3_next_80b_a3b.py:v5p-32 --workdir $RUN_DIR   # on the pod
+  python -m tools.aot_compile --config configs/qwen3_next_80b_a3b.py:v5p-32   # per-chip memory, on this host
   python -m tools.param_count --config configs/qwen3_next_80b_a3b.py
-Model overrides from the command line, e.g. a bf16 copy:
-  python -m tools.param_count --config configs/qwen3_next_80b_a3b.py --config.model.param_dtype=bfloat16
 """
+
+from __future__ import annotations
 
 import ml_collections
 
-from qwen35_jax.presets import preset
+from qwen35_jax.train.recipes import pod_recipe, select_variant
+
+NAME, PRESET = "qwen3_next_80b_a3b", "qwen3_next_80b_a3b"
+VARIANTS = {
+    "v5p-32": lambda: pod_recipe(NAME + ":v5p-32", PRESET, "v5p:4x4x2", 32, {"fsdp": 4, "expert": 8}),
+}
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.name = "qwen3_next_80b_a3b"
-    config.model = ml_collections.ConfigDict(preset("qwen3_next_80b_a3b"))
-    return config
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return select_variant(f"configs/{NAME}.py", VARIANTS, arg, "v5p-32")

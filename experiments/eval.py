@@ -3,10 +3,10 @@
   python -m experiments.eval --config configs/tiny.py --workdir runs/demo [--step 30] [--batches 0]
 
 Reads the newest readable checkpoint (or ``--step``) of ``WORKDIR/checkpoints``: the model is rebuilt from the
-ModelConfig stored in the checkpoint; the validation documents come from the config's ``data`` section (the same
-deterministic split, token cache and compact vocabulary as training). ``--batches 0`` evaluates every validation
-row; the default uses ``config.train.eval_batches`` batches like the training loop. Prints a table and writes
-``WORKDIR/eval_step<N>.json``.
+ModelConfig stored in the checkpoint, on the mesh of the config's ``mesh`` section (as in training); the validation
+documents come from the config's ``data`` section (the same deterministic split, token cache and compact vocabulary
+as training). ``--batches 0`` evaluates every validation row; the default uses ``config.train.eval_batches``
+batches like the training loop. Prints a table and writes ``WORKDIR/eval_step<N>.json``.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ import json
 import math
 import os
 
-import jax
 import ml_collections
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
 from qwen35_jax.data import fixed_batches, pack_documents, prepare_text_data
-from qwen35_jax.model import Qwen35ForCausalLM
-from qwen35_jax.train.checkpoint import load_meta, load_params
 from qwen35_jax.train.cli import run
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
+from qwen35_jax.train.restore import restore_model, runtime_from_config
 from qwen35_jax.train.step import make_eval_step, mean_nll
 
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
@@ -43,8 +41,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     """``{corpus: {"loss": nats, "perplexity": ..., "tokens": n}}`` plus ``{"_step": step}`` for a checkpoint."""
     validate_config(config)
     config = fill_defaults(config)
-    directory, meta = load_meta(workdir, step)
-    model_config, params = load_params(directory)
+    model, meta = restore_model(workdir, runtime_from_config(config), step)  # on config.mesh, as in training
+    model_config = model.config
     data_cfg = config.data
     data = prepare_text_data(data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
                              split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
@@ -52,10 +50,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     if data.vocab_size != model_config.vocab_size:
         raise ValueError(f"the data's vocabulary has {data.vocab_size} ids but the checkpoint's model has "
                          f"{model_config.vocab_size}: evaluate with the config (data section) used for training")
-    graphdef, _, rest = nnx.split(nnx.eval_shape(lambda: Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(0))),
-                                  nnx.Param, ...)
-    eval_step = make_eval_step(graphdef, rest)
-    params = jax.device_put(params)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    eval_step = make_eval_step(graphdef, rest, loss_chunk=config.train.loss_chunk)
     limit = config.train.eval_batches if batches is None else batches
     results: dict[str, dict[str, float]] = {}
     for name, docs in data.validation.items():

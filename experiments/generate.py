@@ -4,9 +4,11 @@
   python -m experiments.generate --hf_dir path/to/Qwen3.5-0.8B --prompt "..." --temperature 0.7 --top_p 0.9
   python -m experiments.generate --ckpt ckpts/qwen35_0p8b --prompt "..." --top_k 20 --prompt "a second prompt"
 
-Prompts are encoded with the real Qwen3.5 tokenizer (``qwen35_jax.data``); a run trained on a compact vocabulary
-(``WORKDIR/compact_vocab.json``) maps prompt ids into it and generated ids back (unknown prompt ids become
-``<unk>``). Prints each continuation, then prefill time, decode tokens/s and compile time (separately).
+The model runs on the mesh of the experiment config (``config.mesh``: ``--config``, or the config the training run
+saved in its workdir), built by the same constructor as in training. Prompts are encoded with the real Qwen3.5
+tokenizer (``qwen35_jax.data``); a run trained on a compact vocabulary (``WORKDIR/compact_vocab.json``) maps prompt
+ids into it and generated ids back (unknown prompt ids become ``<unk>``). Prints each continuation, then prefill
+time, decode tokens/s and compile time (separately).
 Generation stops at ``<|endoftext|>`` (and ``<|im_end|>``) unless ``--no_stop``.
 """
 
@@ -16,11 +18,14 @@ import os
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
 if __name__ == "__main__":
     _WORKDIR = flags.DEFINE_string("workdir", None, "training run directory (qwen35_jax.train checkpoints)")
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config whose mesh to run on (default: the "
+                                              "config saved in --workdir; else every device on fsdp)")
     _STEP = flags.DEFINE_integer("step", None, "checkpoint step of --workdir (default: the newest)")
     _HF_DIR = flags.DEFINE_string("hf_dir", None, "transformers checkpoint directory (config.json + safetensors)")
     _CKPT = flags.DEFINE_string("ckpt", None, "checkpoint written by `python -m tools.convert_hf import`")
@@ -37,29 +42,31 @@ STOP_NAMES = ("<|endoftext|>", "<|im_end|>")
 
 
 def load_model(dtype: str):
-    """(model, CompactVocab or None) from exactly one of --workdir / --hf_dir / --ckpt."""
-    from flax import nnx
+    """(model, CompactVocab or None) from exactly one of --workdir / --hf_dir / --ckpt, built on the mesh of the
+    experiment config (--config, else the one the training run saved in --workdir, else all devices on fsdp)."""
+    from qwen35_jax.train.restore import runtime_from_config
 
     sources = [name for name, flag in (("--workdir", _WORKDIR), ("--hf_dir", _HF_DIR), ("--ckpt", _CKPT))
                if flag.value]
     if len(sources) != 1:
         raise app.UsageError(f"give exactly one of --workdir, --hf_dir, --ckpt (got {sources or 'none'})")
+    config = _CONFIG.value
+    if config is None and _WORKDIR.value:
+        from qwen35_jax.train.workdir import load_experiment_config
+
+        config = load_experiment_config(_WORKDIR.value)
+    runtime = runtime_from_config(config)
     if _WORKDIR.value:
         from qwen35_jax.data import CompactVocab
         from qwen35_jax.data.text_dataset import VOCAB_FILE
-        from qwen35_jax.model import Qwen35ForCausalLM
-        from qwen35_jax.train.checkpoint import load_params
+        from qwen35_jax.train.restore import restore_model
 
-        config, params = load_params(_WORKDIR.value, step=_STEP.value)
-        config = config.replace(dtype=dtype)
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0))))
-        nnx.update(state, params)
-        model = nnx.merge(graphdef, state)
+        model, _ = restore_model(_WORKDIR.value, runtime, step=_STEP.value, dtype=dtype)
         vocab_file = os.path.join(_WORKDIR.value, VOCAB_FILE)
         return model, (CompactVocab.load(vocab_file) if os.path.exists(vocab_file) else None)
     from qwen35_jax.hf import load_pretrained
 
-    return load_pretrained(_HF_DIR.value or _CKPT.value, dtype=dtype), None
+    return load_pretrained(_HF_DIR.value or _CKPT.value, dtype=dtype, runtime=runtime), None
 
 
 def main(argv: list[str]) -> None:

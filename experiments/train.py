@@ -32,7 +32,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("both --config (e.g. configs/tiny.py) and --workdir (e.g. runs/demo) are required")
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    import sys
+
+    from qwen35_jax.train.checkpoint import WorkdirConfigMismatchError
+
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except WorkdirConfigMismatchError as error:  # a changed config.model in an old workdir: short message, exit 1
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
-"""Model configuration: every field of spec §4 as a frozen dataclass, validated up front, with HF config I/O.
+"""Model configuration: every field of numerics §4 as a frozen dataclass, validated up front.
 
 Field names follow Hugging Face's ``Qwen3_5TextConfig`` / ``Qwen3_5MoeTextConfig`` / ``Qwen3NextConfig`` so a
-``config.json`` maps one to one. A few fields are ours (``variant``, ``dtype``, ``param_dtype``, ``remat_policy``,
-``gdn_impl``, ``attention_block_q``, ``scan_unroll``): they choose the architecture family and how the model runs,
-never what it computes.
+``config.json`` maps one to one (``qwen35_jax.hf.config_from_hf`` / ``config_to_hf``; this module knows nothing of
+HF files). A few fields are ours (``variant``, ``dtype``, ``param_dtype``, ``remat_policy``, ``gdn_impl``,
+``attention_block_q``, ``scan_unroll``): they choose the architecture family and how the model runs, never what it
+computes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +27,7 @@ def _fail(field: str, value: Any, fix: str) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VisionConfig:
-    """Vision tower sizes (spec §2.10, §4)."""
+    """Vision tower sizes (numerics §2.10, §4)."""
 
     depth: int = 27
     hidden_size: int = 1152
@@ -64,7 +63,7 @@ class VisionConfig:
 class ModelConfig:
     """Qwen3.5 / Qwen3-Next text model (+ optional vision tower and MTP head) configuration."""
 
-    # Shapes (spec §4).
+    # Shapes (numerics §4).
     vocab_size: int
     hidden_size: int
     num_hidden_layers: int
@@ -88,7 +87,7 @@ class ModelConfig:
     router_aux_loss_coef: float = 0.001
     # Embedding / head.
     tie_word_embeddings: bool = False
-    # Position encoding (spec §2.3.1).
+    # Position encoding (numerics §2.3.1).
     rope_theta: float = 1e7
     partial_rotary_factor: float = 0.25
     mrope_section: tuple[int, ...] | None = (11, 11, 10)
@@ -98,11 +97,11 @@ class ModelConfig:
     hidden_act: str = "silu"
     attention_bias: bool = False
     attn_output_gate: bool = True
-    # Multi-token prediction (spec §2.9) and vision tower (spec §2.10).
+    # Multi-token prediction (numerics §2.9) and vision tower (numerics §2.10).
     mtp_num_hidden_layers: int = 1
     mtp_use_dedicated_embeddings: bool = False
     vision: VisionConfig | None = None
-    # Special tokens (spec §2.11; per-checkpoint values are read from config.json).
+    # Special tokens (numerics §2.11; per-checkpoint values are read from config.json).
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -186,7 +185,7 @@ class ModelConfig:
         elif self.intermediate_size <= 0:
             _fail("intermediate_size", self.intermediate_size, "must be positive for a dense model (num_experts=0)")
         if self.variant == "qwen3_5" and self.is_moe and not self.norm_topk_prob:
-            _fail("norm_topk_prob", self.norm_topk_prob, "Qwen3.5 always renormalises the top-k weights (spec §2.7)")
+            _fail("norm_topk_prob", self.norm_topk_prob, "Qwen3.5 always renormalises top-k weights (numerics §2.7)")
         if self.hidden_act != "silu":
             _fail("hidden_act", self.hidden_act, "Qwen3.5 uses 'silu'")
         if self.attention_bias:
@@ -266,27 +265,3 @@ class ModelConfig:
         if values.get("vision") is not None and not isinstance(values["vision"], VisionConfig):
             values["vision"] = VisionConfig(**dict(values["vision"]))
         return cls(**values)
-
-    # ----------------------------------------------------------------------------------------------- HF I/O
-    @classmethod
-    def from_hf(cls, source: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> ModelConfig:
-        """Read a transformers ``config.json`` (path to the file or its directory) or an already-parsed dict."""
-        from qwen35_jax.hf.config_io import model_config_kwargs_from_hf
-
-        if isinstance(source, Mapping):
-            hf = dict(source)
-        else:
-            path = os.fspath(source)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            with open(path) as f:
-                hf = json.load(f)
-        kwargs = model_config_kwargs_from_hf(hf)
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    def to_hf(self) -> dict[str, Any]:
-        """The transformers ``config.json`` dict for this model (a VL config when ``vision`` is set)."""
-        from qwen35_jax.hf.config_io import hf_config_from_model_config
-
-        return hf_config_from_model_config(self)

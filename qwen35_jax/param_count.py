@@ -18,7 +18,7 @@ class ParamCounts:
     text: int
     vision: int
     mtp: int
-    active_text: int  # non-expert text weights + top-k routed experts (spec §5 "active text incl. emb+head")
+    active_text: int  # non-expert text weights + top-k routed experts (numerics §5 "active text incl. emb+head")
     input_embedding: int
 
     @property

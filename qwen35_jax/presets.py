@@ -1,4 +1,4 @@
-"""Released model sizes (spec §4) as ``ModelConfig`` keyword dicts; ``configs/*.py`` build on these."""
+"""Released model sizes (numerics §4) as ``ModelConfig`` keyword dicts; ``configs/*.py`` build on these."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 moe_intermediate_size=1024, shared_expert_intermediate_size=1024, **MOE_COMMON),
     "qwen35_397b_a17b": _qwen35(4096, 60, 32, 2, 64, VISION_LARGE, False, num_experts=512, num_experts_per_tok=10,
                                 moe_intermediate_size=1024, shared_expert_intermediate_size=1024, **MOE_COMMON),
-    # Qwen3-Next: text-only, grouped GDN projections, 1-D RoPE (spec §2.12); rope_theta from the release config.
+    # Qwen3-Next: text-only, grouped GDN projections, 1-D RoPE (numerics §2.12); rope_theta from the release config.
     "qwen3_next_80b_a3b": dict(
         QWEN35_COMMON, variant="qwen3_next", vocab_size=151936, mrope_section=None, rope_theta=5e6,
         hidden_size=2048, num_hidden_layers=48, num_attention_heads=16, num_key_value_heads=2,
@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         bos_token_id=151643, eos_token_id=151645, **MOE_COMMON),
 }
 
-# Published checkpoint totals (spec §4, "PC"): text + vision + MTP, exact.
+# Published checkpoint totals (numerics §4, "PC"): text + vision + MTP, exact.
 PUBLISHED_TOTALS = {
     "qwen35_0p8b": 873_438_784, "qwen35_2b": 2_274_069_824, "qwen35_4b": 4_659_865_088,
     "qwen35_9b": 9_653_104_368, "qwen35_27b": 27_781_427_952, "qwen35_35b_a3b": 35_951_822_704,

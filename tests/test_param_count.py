@@ -1,4 +1,4 @@
-"""Parameter counts from the abstract model equal the published checkpoint totals and spec §5."""
+"""Parameter counts from the abstract model equal the published checkpoint totals and numerics §5."""
 
 import pytest
 

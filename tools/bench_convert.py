@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from qwen35_jax.config import ModelConfig
+from qwen35_jax.hf.config_io import config_to_hf
 from qwen35_jax.hf.convert import HFSource, SafetensorsShardWriter
 from qwen35_jax.hf.keys import checkpoint_rules
 
@@ -64,7 +65,7 @@ def write_synthetic(config: ModelConfig, directory: str, seed: int = 0) -> tuple
             largest = max(largest, array.nbytes)
     writer.close()
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config.to_hf(), f, indent=2)
+        json.dump(config_to_hf(config), f, indent=2)
     return total, largest
 
 

@@ -23,7 +23,7 @@ image tokens, grid ``(1, size/16, size/16)``), ``seq_len`` tokens; ``targets`` a
 set only where the target is a caption token or the closing ``<|endoftext|>``. Tokens are real Qwen3.5 ids mapped to
 a compact vocabulary built from the training captions (+ the vision / end-of-text specials), saved as
 ``WORKDIR/compact_vocab.json``. Batches: ``input_ids / targets / segment_ids [B, T] int32``, ``loss_mask [B, T]
-bool``, ``positions [3, B, T] int32`` (mRoPE, ``get_rope_index``), ``pixel_values [B·P, 1536] float32``,
+bool``, ``positions [3, B, T] int32`` (mRoPE, ``layout_positions``), ``pixel_values [B·P, 1536] float32``,
 ``image_grid_thw [B, 3] int64`` (constant: pass it to the model as a static value under jit).
 
 Ranking (``data.ranking[source]``): each held-out image against ``num_candidates`` captions — its own and
@@ -61,7 +61,7 @@ EMOJI_RANGES = ((0x2000, 0x3300), (0x1F000, 0x1FB00))
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGITS_INSTALL = "pip install scikit-learn (its bundled datasets/data/digits.csv.gz is read by path)"
 CACHE_DIR = "caption_cache"
-PATCH, MERGE, TEMPORAL = 16, 2, 2  # the Qwen3.5 image processor / vision tower geometry (spec §2.10)
+PATCH, MERGE, TEMPORAL = 16, 2, 2  # the Qwen3.5 image processor / vision tower geometry (numerics §2.10)
 VISION_SPECIALS = {"vision_start_token_id": "<|vision_start|>", "image_token_id": "<|image_pad|>",
                    "vision_end_token_id": "<|vision_end|>", "video_token_id": "<|video_pad|>"}
 
@@ -293,21 +293,34 @@ def caption_rows(captions: list[np.ndarray], layout: RowLayout) -> dict[str, np.
             "loss_mask": mask}
 
 
+def layout_positions(segment_ids: np.ndarray, layout: RowLayout) -> np.ndarray:
+    """mRoPE positions ``[3, N, T]`` int32 of caption rows: ``qwen35_jax.model.multimodal.get_rope_index``
+    specialised to this fixed layout (every row starts ``<|vision_start|>``, one image, ``<|vision_end|>``). The
+    start token sits at 0; image tokens at t = 1, (h, w) = 1 + the merged grid row / column; the text after the
+    image resumes at ``1 + max(h, w) / merge`` on all three rows; padding (``segment_ids == 0``) gets 0."""
+    _, h, w = layout.grid
+    gh, gw = h // MERGE, w // MERGE
+    n, length = layout.num_image_tokens, segment_ids.shape[1]
+    if gh * gw != n or length < n + 2:
+        raise ValueError(f"layout of {n} image tokens, grid {layout.grid} and seq_len {length} is inconsistent")
+    row = np.zeros((3, length), np.int32)
+    row[0, 1:n + 1] = 1
+    row[1, 1:n + 1] = 1 + np.repeat(np.arange(gh), gw)
+    row[2, 1:n + 1] = 1 + np.tile(np.arange(gw), gh)
+    row[:, n + 1:] = 1 + max(gh, gw) + np.arange(length - n - 1)
+    return np.where(np.asarray(segment_ids)[None] > 0, row[:, None, :], 0).astype(np.int32)
+
+
 def make_batch(images: np.ndarray, captions: list[np.ndarray], layout: RowLayout,
                weights: np.ndarray | None = None) -> Batch:
     """One batch (see the module docstring); ``weights`` (0/1 per row) masks out filler rows."""
-    from qwen35_jax.model.multimodal import IMAGE, TEXT, get_rope_index
-
     rows = caption_rows(captions, layout)
     if weights is not None:
         rows["loss_mask"] = rows["loss_mask"] & (np.asarray(weights)[:, None] > 0)
     pixels = process_images(list(images), layout.processor)
     if tuple(pixels.grid_thw[0]) != layout.grid:
         raise AssertionError(f"processed grid {pixels.grid_thw[0]} != {layout.grid}")  # image_size is a multiple of 32
-    types = np.where(rows["input_ids"] == layout.image_token, IMAGE, TEXT)
-    positions, _ = get_rope_index(rows["input_ids"], types, pixels.grid_thw, None,
-                                  attention_mask=rows["segment_ids"] > 0, spatial_merge_size=MERGE)
-    return dict(rows, positions=positions.astype(np.int32), pixel_values=pixels.pixel_values,
+    return dict(rows, positions=layout_positions(rows["segment_ids"], layout), pixel_values=pixels.pixel_values,
                 image_grid_thw=pixels.grid_thw)
 
 
@@ -428,7 +441,7 @@ def ranking_batches(ranking: RankingSet, layout: RowLayout, batch_size: int) -> 
 def score_candidates(ranking: RankingSet, layout: RowLayout, batch_size: int,
                      log_likelihood: Callable[[Batch], np.ndarray]) -> np.ndarray:
     """``[N, C]`` summed caption log-likelihoods; ``log_likelihood(batch)`` returns one value per row (e.g.
-    ``caption_log_likelihood`` of the model's logits)."""
+    ``qwen35_jax.train.caption_ranking.caption_log_likelihood`` of the model's logits)."""
     flat = []
     for batch, valid in ranking_batches(ranking, layout, batch_size):
         flat.append(np.asarray(log_likelihood(batch), np.float64)[:int(valid)])
@@ -444,15 +457,6 @@ def caption_priors(ranking: RankingSet, layout: RowLayout, batch_size: int,
     blank = RankingSet(np.full((k, *ranking.images.shape[1:]), 255, np.uint8), ranking.captions, ranking.texts,
                        np.arange(k)[:, None], np.zeros(k, np.int64))
     return score_candidates(blank, layout, batch_size, log_likelihood)[:, 0]
-
-
-def caption_log_likelihood(logits: Any, targets: Any, loss_mask: Any) -> Any:
-    """Per-row sum of ``log p(target)`` over ``loss_mask`` (jax arrays; jit-friendly): ``[B]`` fp32."""
-    import jax.numpy as jnp
-
-    from qwen35_jax.train.losses import token_nll
-
-    return -jnp.sum(token_nll(logits, targets) * loss_mask.astype(jnp.float32), axis=-1)
 
 
 def rank_metrics(scores: np.ndarray, true_index: np.ndarray) -> dict[str, float]:

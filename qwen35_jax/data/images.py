@@ -1,4 +1,4 @@
-"""Image and video-frame processor of Qwen3.5 (spec §2.10 preprocessing), in Pillow + NumPy.
+"""Image and video-frame processor of Qwen3.5 (numerics §2.10 preprocessing), in Pillow + NumPy.
 
 Equals transformers' ``Qwen2VLImageProcessorPil`` with the Qwen3.5 ``preprocessor_config.json`` for images: smart
 resize to multiples of ``patch_size·merge_size`` (32) within [min_pixels, max_pixels], Pillow bicubic on uint8,
@@ -26,7 +26,7 @@ MAX_ASPECT_RATIO = 200
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageProcessorConfig:
-    """Qwen3.5 ``preprocessor_config.json`` values (spec §2.10); the video defaults are ``Qwen3VLVideoProcessor``'s."""
+    """Qwen3.5 ``preprocessor_config.json`` values (numerics §2.10); video defaults are ``Qwen3VLVideoProcessor``'s."""
 
     patch_size: int = 16
     temporal_patch_size: int = 2

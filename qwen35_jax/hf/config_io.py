@@ -1,12 +1,20 @@
-"""transformers ``config.json`` ↔ ``ModelConfig`` (spec §4; HF-C field names)."""
+"""transformers ``config.json`` ↔ ``ModelConfig`` (numerics §4; HF-C field names).
+
+  config = config_from_hf("path/to/hf_dir")            # or the config.json path, or a parsed dict
+  hf = config_to_hf(config)                            # the transformers config.json dict
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
-DEFAULT_MROPE_SECTION = (11, 11, 10)  # what HF falls back to when a Qwen3.5 config omits it (spec §2.3.1)
+from qwen35_jax.config import ModelConfig, VisionConfig
+
+DEFAULT_MROPE_SECTION = (11, 11, 10)  # what HF falls back to when a Qwen3.5 config omits it (numerics §2.3.1)
 TEXT_MODEL_TYPES = {"qwen3_5_text": "qwen3_5", "qwen3_5_moe_text": "qwen3_5", "qwen3_next": "qwen3_next"}
 VL_MODEL_TYPES = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text"}
 # Fields copied verbatim when present (HF name == our name).
@@ -65,14 +73,29 @@ def model_config_kwargs_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
         if name in top:
             kwargs[name] = top[name]
     if vision is not None:
-        from qwen35_jax.config import VisionConfig
-
         kwargs["vision"] = VisionConfig(**{name: vision[name] for name in VISION_FIELDS if name in vision})
     return kwargs
 
 
-def hf_config_from_model_config(config: Any) -> dict[str, Any]:
-    """The transformers config dict for ``config`` (text-only ``*ForCausalLM`` or the VL wrapper)."""
+def config_from_hf(source: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a transformers ``config.json`` (path to the file or its directory) or an already-parsed
+    dict; ``overrides`` replace fields (e.g. ``dtype="bfloat16"``)."""
+    if isinstance(source, Mapping):
+        hf = dict(source)
+    else:
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        with open(path) as f:
+            hf = json.load(f)
+    kwargs = model_config_kwargs_from_hf(hf)
+    kwargs.update(overrides)
+    return ModelConfig(**kwargs)
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """The transformers ``config.json`` dict for ``config`` (text-only ``*ForCausalLM``, or the VL wrapper when
+    ``config.vision`` is set)."""
     moe = config.is_moe
     text: dict[str, Any] = {name: getattr(config, name) for name in PLAIN_FIELDS}
     if not moe:

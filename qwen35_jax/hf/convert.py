@@ -19,9 +19,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 from qwen35_jax.config import ModelConfig
+from qwen35_jax.hf.config_io import config_from_hf, config_to_hf
 from qwen35_jax.hf.keys import (
     PER_EXPERT,
     checkpoint_rules,
@@ -29,18 +29,17 @@ from qwen35_jax.hf.keys import (
     group_per_expert_keys,
     split_expert_group,
 )
-from qwen35_jax.hf.loader import VL_TEXT_PREFIX, config_for_checkpoint, convert_tensors, describe_problems
+from qwen35_jax.hf.loader import VL_TEXT_PREFIX, config_for_checkpoint, convert_tensors
 from qwen35_jax.hf.orbax_io import (
     ParamReader,
     ParamWriter,
     StateReader,
     check_output_dir,
-    leaf_name,
     open_params,
     replace_dir,
 )
+from qwen35_jax.hf.param_check import abstract_params, check_against_model, flat_paths
 from qwen35_jax.hf.safetensors_io import DTYPES, CheckpointError, checkpoint_files, load_tensor, read_header
-from qwen35_jax.model import Qwen35ForCausalLM
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32",
                  "f32": "float32", "auto": None}
@@ -137,21 +136,6 @@ class HFSource(Mapping):
         return out
 
 
-def _abstract_pure(config: ModelConfig) -> dict:
-    abstract = nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))
-    return nnx.to_pure_dict(nnx.state(abstract))
-
-
-def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, prefix + (key,)))
-        else:
-            out[prefix + (key,)] = value
-    return out
-
-
 def _stacked_paths(config: ModelConfig) -> set[tuple]:
     return {path for r in checkpoint_rules(config) if r.block is not None for path in r.rule.ours}
 
@@ -180,14 +164,14 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, dtype: str |
         storage = floats.pop() if len(floats) == 1 and floats <= {"bfloat16", "float32"} else "float32"
     with open(os.path.join(hf_dir, "config.json")) as f:
         hf_config = json.load(f)
-    config = ModelConfig.from_hf(hf_config, **config_overrides)
+    config = config_from_hf(hf_config, **config_overrides)
     config = config_for_checkpoint(config, set(source)).replace(param_dtype=storage)
-    abstract = _abstract_pure(config)
+    abstract = abstract_params(config)
     convert_tensors(config, source.dry_run(), abstract, lambda *a: None)  # raises listing every problem
-    leaves = _flatten(abstract)
+    leaves = flat_paths(abstract)
     specs = {path: (tuple(v.shape), np.dtype(v.dtype).name) for path, v in leaves.items()}
     with ParamWriter(out, config, specs, stacked=_stacked_paths(config), overwrite=overwrite,
-                     hf_config=config.to_hf(), metadata={"source": os.path.abspath(hf_dir),
+                     hf_config=config_to_hf(config), metadata={"source": os.path.abspath(hf_dir),
                                                          "hf_dtypes": source.dtype_names()}) as writer:
         def emit(path: tuple, block: int | None, value: np.ndarray) -> None:
             writer.write(path, value, () if block is None else (block,))
@@ -274,22 +258,6 @@ class SafetensorsShardWriter:
         return files
 
 
-def check_against_model(reader: ParamReader | StateReader, config: ModelConfig) -> None:
-    expected = {tuple(str(k) for k in path): v for path, v in _flatten(_abstract_pure(config)).items()}
-    stored = set(reader.paths)
-    problems = {"missing parameters": sorted(leaf_name(p) for p in set(expected) - stored),
-                "unexpected parameters": sorted(leaf_name(p) for p in stored - set(expected)),
-                "mis-shaped parameters": []}
-    for path in sorted(set(expected) & stored):
-        shape = reader.shape(path)
-        if shape != tuple(expected[path].shape):
-            problems["mis-shaped parameters"].append(
-                f"{leaf_name(path)}: stored {list(shape)}, config expects {list(expected[path].shape)}")
-    if any(problems.values()):
-        raise CheckpointError(f"{reader.path}: checkpoint does not match its model config:\n"
-                              + describe_problems(problems))
-
-
 def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, per_expert: bool = False,
               dtype: str | None = "auto", overwrite: bool = False,
               max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
@@ -340,7 +308,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, per_expert: bo
                 writer.add(name, array)
         files = writer.close()
         with open(os.path.join(staging, "config.json"), "w") as f:
-            json.dump(config.to_hf() | {"dtype": cast or _main_dtype(reader)}, f, indent=2)
+            json.dump(config_to_hf(config) | {"dtype": cast or _main_dtype(reader)}, f, indent=2)
         replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

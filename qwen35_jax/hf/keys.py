@@ -1,4 +1,4 @@
-"""Name and layout map between transformers checkpoints and our parameters (spec §6.1, §2.12).
+"""Name and layout map between transformers checkpoints and our parameters (numerics §6.1, §2.12).
 
 Each ``Rule`` ties one group of HF tensors to one group of our parameters, with the conversion both ways (HF
 ``nn.Linear`` weights are ``[out, in]``; ours are ``[in, *out]`` with explicit head axes). One HF tensor can feed
@@ -78,7 +78,7 @@ def split_conv(hf: str, ours: tuple[Path, ...], shapes: tuple[tuple[int, ...], .
 
 def grouped_linear(hf: str, ours: tuple[Path, ...], parts: tuple[int, ...], groups: int,
                    shapes: tuple[tuple[int, ...], ...]) -> Rule:
-    """Qwen3-Next grouped projection: rows are ``groups`` blocks, each ``[part_0 | part_1 | ...]`` (spec §2.12)."""
+    """Qwen3-Next grouped projection: rows are ``groups`` blocks, each ``[part_0 | part_1 | ...]`` (numerics §2.12)."""
     def to_ours(a: Arrays) -> Arrays:
         w = a[0].reshape(groups, sum(parts), -1)
         blocks = np.split(w, np.cumsum(parts)[:-1], axis=1)  # each [groups, part, in]

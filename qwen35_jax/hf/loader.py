@@ -13,9 +13,13 @@ import numpy as np
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
+from qwen35_jax.hf.config_io import config_from_hf
 from qwen35_jax.hf.keys import checkpoint_rules, fuse_per_expert_keys
 from qwen35_jax.hf.safetensors_io import CheckpointError, iter_tensors
 from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.model.build import build_model
+from qwen35_jax.parallel.rules import state_shardings
+from qwen35_jax.parallel.runtime import Runtime
 
 log = logging.getLogger(__name__)
 VL_TEXT_PREFIX = "model.language_model."
@@ -33,7 +37,7 @@ def config_for_checkpoint(config: ModelConfig, names: set[str]) -> ModelConfig:
     mtp_layers = len({int(m[1]) for m in map(MTP_LAYER.match, names) if m})
     if mtp_layers != config.mtp_num_hidden_layers:
         # transformers' config classes do not declare this field and its save_pretrained drops mtp.* tensors, so
-        # the tensors present decide (spec §2.9).
+        # the tensors present decide (numerics §2.9).
         log.info("checkpoint has %d MTP layer(s), config.json says %d: using the checkpoint's", mtp_layers,
                  config.mtp_num_hidden_layers)
         changes["mtp_num_hidden_layers"] = mtp_layers
@@ -129,14 +133,12 @@ def state_from_hf_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], a
     return fill(abstract_state, ())
 
 
-def _place(abstract_state: nnx.State, read: Callable[[tuple, tuple], np.ndarray], mesh: Any,
-           rules: Any) -> dict:
-    """Pure dict of jax Arrays, each built shard by shard with ``read(path, index)`` (only this host's shards)."""
+def _place(abstract_state: nnx.State, read: Callable[[tuple, tuple], np.ndarray], runtime: Runtime) -> dict:
+    """Pure dict of jax Arrays on ``runtime.mesh``, each built shard by shard with ``read(path, index)`` (only this
+    host's shards)."""
     import jax
 
-    from qwen35_jax.parallel.rules import DEFAULT_RULES, state_shardings
-
-    shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, DEFAULT_RULES if rules is None else rules))
+    shardings = nnx.to_pure_dict(state_shardings(abstract_state, runtime.mesh, runtime.rules))
     abstract = nnx.to_pure_dict(abstract_state)
 
     def fill(tree: dict, sharding_tree: dict, prefix: tuple) -> dict:
@@ -161,22 +163,23 @@ def _place(abstract_state: nnx.State, read: Callable[[tuple, tuple], np.ndarray]
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
-                    mesh: Any = None, rules: Any = None, **config_overrides: Any) -> Qwen35ForCausalLM:
+                    runtime: Runtime | None = None, **config_overrides: Any) -> Qwen35ForCausalLM:
     """Load a transformers checkpoint directory (config.json + safetensors), or our orbax checkpoint written by
-    ``tools.convert_hf import``, into ``Qwen35ForCausalLM``.
+    ``tools.convert_hf import``, into ``Qwen35ForCausalLM`` built for ``runtime`` (default ``Runtime.local()``).
 
     Accepts text-only (``*ForCausalLM``) and VL (``*ForConditionalGeneration``) key layouts, fused or per-expert
     MoE tensors, tied or untied heads. Missing, unexpected or mis-shaped tensors raise ``CheckpointError`` listing
     all of them. ``dtype``/``param_dtype`` override the compute / parameter dtypes (default float32).
 
-    ``mesh`` (+ ``rules``, default ``qwen35_jax.parallel.DEFAULT_RULES``): every parameter is created directly with
-    its NamedSharding by ``jax.make_array_from_callback``. From an orbax checkpoint each host reads only the slices
+    A runtime with a mesh (``Runtime.for_mesh``): every parameter is created directly with its NamedSharding (the
+    runtime's rules) by ``jax.make_array_from_callback``. From an orbax checkpoint each host reads only the slices
     of its addressable shards (tensorstore); a transformers directory is converted on the host first (convert it
     once with ``tools.convert_hf import`` for slice-wise reads at scale).
     """
     from qwen35_jax.hf.orbax_io import ParamReader, is_param_checkpoint
 
     path = os.fspath(path)
+    runtime = Runtime.local() if runtime is None else runtime
     overrides = dict(config_overrides)
     if dtype is not None:
         overrides["dtype"] = dtype
@@ -186,27 +189,26 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None, param_
         reader = ParamReader(path)
         overrides.setdefault("param_dtype", "float32")
         config = reader.config.replace(**overrides)
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0))))
-        from qwen35_jax.hf.convert import check_against_model
+        graphdef, state = nnx.split(build_model(config, runtime, abstract=True))
+        from qwen35_jax.hf.param_check import check_against_model
 
         check_against_model(reader, config)
-        if mesh is None:
+        if runtime.mesh is None:
             pure = jax_tree_of(nnx.to_pure_dict(state), lambda p, v: jnp.asarray(reader.read(p), dtype=v.dtype))
         else:
-            pure = _place(state, lambda p, index: reader.read(p, index), mesh, rules)
+            pure = _place(state, lambda p, index: reader.read(p, index), runtime)
         nnx.replace_by_pure_dict(state, pure)
         return nnx.merge(graphdef, state)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CheckpointError(f"{path}: no config.json (expected a transformers checkpoint directory or an orbax "
                               "checkpoint written by tools.convert_hf import)")
     tensors = dict(iter_tensors(path))
-    config = config_for_checkpoint(ModelConfig.from_hf(path, **overrides), set(canonical_names(tensors)))
-    abstract = nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    config = config_for_checkpoint(config_from_hf(path, **overrides), set(canonical_names(tensors)))
+    graphdef, state = nnx.split(build_model(config, runtime, abstract=True))
     pure = state_from_hf_tensors(config, tensors, nnx.to_pure_dict(state))
-    if mesh is not None:
+    if runtime.mesh is not None:
         host = pure
-        pure = _place(state, lambda p, index: np.asarray(_get(host, p))[index], mesh, rules)
+        pure = _place(state, lambda p, index: np.asarray(_get(host, p))[index], runtime)
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 

@@ -32,6 +32,7 @@ import numpy as np
 import tensorstore as ts
 
 from qwen35_jax.config import ModelConfig
+from qwen35_jax.hf.config_io import config_to_hf
 from qwen35_jax.hf.safetensors_io import CheckpointError
 
 FORMAT = "qwen35_jax.params/1"
@@ -147,7 +148,7 @@ class ParamWriter:
             self._arrays[path_] = ts.open(_zarr_spec(directory, tuple(shape), dtype, chunk), create=True).result()
             self._remaining[path_] = math.prod(shape)
         with open(os.path.join(self.staging, "config.json"), "w") as f:
-            json.dump(hf_config if hf_config is not None else config.to_hf(), f, indent=2)
+            json.dump(hf_config if hf_config is not None else config_to_hf(config), f, indent=2)
 
     def write(self, path: Path, value: np.ndarray, index: tuple = ()) -> None:
         """Write ``value`` at ``index`` (a tuple of ints/slices on the leading dims) of parameter ``path``."""

@@ -7,8 +7,9 @@
 
 Prompts of different lengths are left-padded into one ``[B, T]`` batch with a 0/1 mask. Like transformers'
 ``generate``, each row's rope positions count its real tokens only (``cumsum(mask) - 1``); padding is masked out of
-attention and starts its own GDN segment (``infer/cache.py``). The decode loop is one ``lax.while_loop`` under
-``jax.jit`` (stops early when every row has hit a stop token).
+attention and starts its own GDN segment. Prefill and decode are the model's own forward with its cache
+(``Qwen35ForCausalLM.init_cache``); the decode loop is one ``lax.while_loop`` under ``jax.jit`` (stops early when
+every row has hit a stop token).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qwen35_jax.infer.cache import HybridCache, init_cache, layer_step
 from qwen35_jax.infer.sampling import SamplingConfig, sample
 from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.model.cache import HybridCache
 from qwen35_jax.model.qwen35 import check_token_ids
-from qwen35_jax.model.rope import rope_cos_sin
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,44 +44,14 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndar
 
 def forward_with_cache(model: Qwen35ForCausalLM, input_ids: jax.Array, cache: HybridCache,
                        attention_mask: jax.Array | None = None) -> tuple[jax.Array, HybridCache]:
-    """Logits of the last position ``[B, V]`` and the updated cache.
+    """Logits of the last position ``[B, V]`` and the updated cache: the model's forward with ``cache``.
 
-    With ``attention_mask`` (prefill, ``input_ids [B, T]`` written at slots ``index..index+T-1``) the rope positions
-    continue each row's count of real tokens (``cumsum(mask) - 1`` in a fresh cache); a prompt may be prefilled in
-    several pieces, padding (if any) in the first. Without it (decode, ``[B, 1]``) the token takes the next slot and
-    position of each row.
+    With ``attention_mask`` (prefill, ``input_ids [B, T]`` written at the next ``T`` cache slots) the rope positions
+    continue each row's count of real tokens; a prompt may be prefilled in several pieces, padding (if any) in the
+    first. Without it (decode, ``[B, 1]``) the token takes the next slot and position of each row.
     """
-    config = model.config
-    batch, length = input_ids.shape
-    prefill = attention_mask is not None
-    if prefill:
-        segment_ids = attention_mask.astype(jnp.int32)
-        positions = cache.positions[:, None] + jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-        valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, cache.index, axis=1)
-        next_positions = positions[:, -1] + 1
-    else:
-        segment_ids = jnp.ones((batch, length), jnp.int32)
-        positions = cache.positions[:, None] + jnp.arange(length)[None]
-        valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((batch, length), bool), cache.index,
-                                                    axis=1)
-        next_positions = cache.positions + length
-    cos, sin = rope_cos_sin(config, positions, jnp.dtype(config.dtype))
-    x = model.embed(input_ids)
-    graphdef, block_states = nnx.split(model.decoder.blocks)
-
-    def body(x: jax.Array, xs: tuple) -> tuple[jax.Array, tuple]:
-        block_state, block_cache = xs
-        block = nnx.merge(graphdef, block_state)
-        new_cache = []
-        for layer, cache_layer in zip(block.layers, block_cache, strict=True):
-            x, cache_layer = layer_step(layer, x, cache_layer, cos=cos, sin=sin, segment_ids=segment_ids,
-                                        valid=valid, index=cache.index, prefill=prefill)
-            new_cache.append(cache_layer)
-        return x, tuple(new_cache)
-
-    x, layers = jax.lax.scan(body, x, (block_states, cache.layers))
-    logits = model.unembed(model.norm(x[:, -1:]))[:, 0]
-    return logits, HybridCache(layers=layers, valid=valid, positions=next_positions, index=cache.index + length)
+    out = model(input_ids, attention_mask=attention_mask, cache=cache, compute_logits=False)
+    return model.unembed(out.hidden_states[:, -1:])[:, 0], out.cache
 
 
 @dataclasses.dataclass
@@ -114,7 +84,7 @@ class Generator:
     def _prefill_impl(self, state: nnx.State, ids: jax.Array, mask: jax.Array, key: jax.Array, *,
                       max_length: int) -> tuple[jax.Array, HybridCache]:
         model = nnx.merge(self.graphdef, state)
-        cache = init_cache(self.config, ids.shape[0], max_length)
+        cache = model.init_cache(ids.shape[0], max_length)
         logits, cache = forward_with_cache(model, ids, cache, attention_mask=mask)
         return sample(logits, key, self.sampling), cache
 

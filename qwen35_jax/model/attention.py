@@ -1,4 +1,5 @@
-"""Gated full attention with QK-norm, GQA and partial mRoPE (spec §2.3)."""
+"""Gated full attention with QK-norm, GQA and partial mRoPE (numerics §2.3); the same module serves training (no
+cache) and decoding (with its ``AttentionCache``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
+from qwen35_jax.model.cache import AttentionCache
 from qwen35_jax.model.norms import RMSNorm
 from qwen35_jax.model.params import dense, make_param
 from qwen35_jax.model.rope import apply_partial_rope
+from qwen35_jax.parallel.runtime import Runtime
 
 
 def attention_mask(segment_ids: jax.Array, query_segments: jax.Array | None = None,
@@ -28,12 +31,13 @@ def attention_mask(segment_ids: jax.Array, query_segments: jax.Array | None = No
 class GatedAttention(nnx.Module):
     """``o_proj((softmax(q kᵀ/√hd) v) ⊙ σ(gate))`` with the gate produced by ``q_proj`` next to each query head."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, runtime: Runtime, rngs: nnx.Rngs):
         h, nq, nkv, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
         pdt = jnp.dtype(config.param_dtype)
         self.head_dim = hd
+        self.backend = runtime.backend
         self.block_q = config.attention_block_q
-        # q_proj output per head is [query (hd) | gate (hd)] (per-head interleave, spec §2.3).
+        # q_proj output per head is [query (hd) | gate (hd)] (per-head interleave, numerics §2.3).
         self.q_proj = make_param(rngs, (h, nq, 2 * hd), ("embed", "q_heads", "head_dim"), pdt)
         self.k_proj = make_param(rngs, (h, nkv, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.v_proj = make_param(rngs, (h, nkv, hd), ("embed", "kv_heads", "head_dim"), pdt)
@@ -41,21 +45,38 @@ class GatedAttention(nnx.Module):
         self.q_norm = RMSNorm(hd, config.rms_norm_eps, param_dtype=pdt, rngs=rngs, axis_name="head_dim")
         self.k_norm = RMSNorm(hd, config.rms_norm_eps, param_dtype=pdt, rngs=rngs, axis_name="head_dim")
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 cache: AttentionCache | None = None) -> tuple[jax.Array, AttentionCache | None]:
+        """``x [B, T, H]`` → ``(y [B, T, H], cache)``.
+
+        Without a cache (training): causal attention within segments (``segment_ids [B, T]``), cache ``None``.
+        With one: the T tokens take the next cache slots (real where ``segment_ids != 0``) and attend causally to
+        every real slot; returns the updated cache.
+        """
         query, gate, key, value = self.project(x, cos, sin)
-        return self.output(blocked_causal_attention(query, key, value, segment_ids, self.block_q), gate)
+        if cache is None:
+            return self.output(blocked_causal_attention(query, key, value, segment_ids, self.block_q), gate), None
+        attended, cache = cached_attention(query, key, value, segment_ids, cache)
+        return self.output(attended, gate), cache
+
+    def init_cache(self, batch: int, max_length: int, dtype: jnp.dtype) -> AttentionCache:
+        """An empty cache for ``batch`` rows of at most ``max_length`` tokens."""
+        kv_heads, head_dim = self.k_proj.shape[-2:]
+        shape = (batch, max_length, kv_heads, head_dim)
+        return AttentionCache(key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype),
+                              valid=jnp.zeros((batch, max_length), bool), index=jnp.zeros((), jnp.int32))
 
     def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, ...]:
         """(query, output gate, key, value), each ``[B, T, heads, head_dim]``; q/k normed and rotated."""
-        query_gate = dense(x, self.q_proj, "bte,ehd->bthd")
+        query_gate = dense(x, self.q_proj, "bte,ehd->bthd", self.backend)
         query, gate = query_gate[..., : self.head_dim], query_gate[..., self.head_dim:]
         query = apply_partial_rope(self.q_norm(query), cos, sin)
-        key = apply_partial_rope(self.k_norm(dense(x, self.k_proj, "bte,ehd->bthd")), cos, sin)
-        return query, gate, key, dense(x, self.v_proj, "bte,ehd->bthd")
+        key = apply_partial_rope(self.k_norm(dense(x, self.k_proj, "bte,ehd->bthd", self.backend)), cos, sin)
+        return query, gate, key, dense(x, self.v_proj, "bte,ehd->bthd", self.backend)
 
     def output(self, attended: jax.Array, gate: jax.Array) -> jax.Array:
         """Sigmoid output gate, then the output projection."""
-        return dense(attended * jax.nn.sigmoid(gate), self.o_proj, "bthd,hde->bte")
+        return dense(attended * jax.nn.sigmoid(gate), self.o_proj, "bthd,hde->bte", self.backend)
 
 
 def multihead_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
@@ -68,6 +89,20 @@ def multihead_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, value, preferred_element_type=jnp.float32)
     return out.reshape(batch, length, nq, hd).astype(query.dtype)
+
+
+def cached_attention(query: jax.Array, key: jax.Array, value: jax.Array, segment_ids: jax.Array,
+                     cache: AttentionCache) -> tuple[jax.Array, AttentionCache]:
+    """Write ``key`` / ``value [B, T, kv_heads, hd]`` at slots ``index .. index+T-1`` and attend each query to the
+    real slots up to its own."""
+    length, index = query.shape[1], cache.index
+    keys = jax.lax.dynamic_update_slice_in_dim(cache.key, key.astype(cache.key.dtype), index, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache.value, value.astype(cache.value.dtype), index, axis=1)
+    valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, segment_ids != 0, index, axis=1)
+    causal = jnp.arange(keys.shape[1])[None, :] <= (index + jnp.arange(length))[:, None]  # [T, S_max]
+    mask = (causal[None] & valid[:, None, :])[:, None]  # [B, 1, T, S_max]
+    out = multihead_attention(query, keys.astype(query.dtype), values.astype(query.dtype), mask)
+    return out, AttentionCache(key=keys, value=values, valid=valid, index=index + length)
 
 
 def blocked_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, segment_ids: jax.Array,

@@ -1,11 +1,11 @@
-"""Multi-token-prediction head (spec §2.9): one extra full-attention decoder layer predicting token t+2, and the
+"""Multi-token-prediction head (numerics §2.9): one extra full-attention decoder layer predicting token t+2, and the
 chained multi-step MTP logits / loss.
 
 Step k (1-based) predicts token ``t+k+1`` from ``h^{k-1}_t`` and the embedding of token ``t+k``; ``h^0`` is the main
 model's returned hidden state (after the final norm, what vLLM feeds its MTP module) and ``h^k`` is the MTP output
 after ``mtp.norm`` (vLLM chains its speculative steps on that same output). Step k uses MTP layer
 ``(k−1) mod mtp_num_hidden_layers`` — released checkpoints have one layer, reused for every step. The training recipe
-(loss weight, number of steps) is unpublished (spec §8), so both are arguments.
+(loss weight, number of steps) is unpublished (numerics §8), so both are arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from qwen35_jax.model.decoder import DecoderLayer, LayerInputs
 from qwen35_jax.model.moe import RouterStats, load_balancing_loss
 from qwen35_jax.model.norms import RMSNorm
 from qwen35_jax.model.params import dense, make_param
+from qwen35_jax.parallel.runtime import Runtime
 
 if TYPE_CHECKING:
     from qwen35_jax.model.qwen35 import Qwen35ForCausalLM
@@ -29,12 +30,13 @@ if TYPE_CHECKING:
 class MultiTokenPredictor(nnx.Module):
     """``norm(layer(fc([norm_e(E[t+1]); norm_h(h_t)])))``; shares the main embedding and LM head."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, runtime: Runtime, rngs: nnx.Rngs):
         h, pdt = config.hidden_size, jnp.dtype(config.param_dtype)
+        self.backend = runtime.backend
         self.pre_fc_norm_embedding = RMSNorm(h, config.rms_norm_eps, param_dtype=pdt, rngs=rngs)
         self.pre_fc_norm_hidden = RMSNorm(h, config.rms_norm_eps, param_dtype=pdt, rngs=rngs)
         self.fc = make_param(rngs, (2 * h, h), ("mtp_concat", "embed"), pdt)
-        self.layers = nnx.List([DecoderLayer(config, FULL_ATTENTION, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(config, FULL_ATTENTION, runtime=runtime, rngs=rngs)
                                 for _ in range(config.mtp_num_hidden_layers)])
         self.norm = RMSNorm(h, config.rms_norm_eps, param_dtype=pdt, rngs=rngs)
 
@@ -42,8 +44,8 @@ class MultiTokenPredictor(nnx.Module):
                  layer_index: int = 0) -> tuple[jax.Array, RouterStats | None]:
         """Normalised hidden state for position t+2 from the main hidden ``h_t`` and the embedding of token t+1."""
         fused = jnp.concatenate([self.pre_fc_norm_embedding(next_token_embeddings), self.pre_fc_norm_hidden(hidden)],
-                                axis=-1)  # embedding first, then hidden (spec §2.9)
-        x, stats = self.layers[layer_index](dense(fused, self.fc, "btc,ce->bte"), inputs)
+                                axis=-1)  # embedding first, then hidden (numerics §2.9)
+        x, stats, _ = self.layers[layer_index](dense(fused, self.fc, "btc,ce->bte", self.backend), inputs)
         return self.norm(x), stats
 
 

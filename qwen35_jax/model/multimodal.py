@@ -1,4 +1,4 @@
-"""Multimodal fusion (spec §2.11): placeholder expansion, vision-embedding scatter, and 3-row mRoPE positions.
+"""Multimodal fusion (numerics §2.11): placeholder expansion, vision-embedding scatter, and 3-row mRoPE positions.
 
 Everything that depends on the prompt's token layout (run boundaries, grid sizes) is host-side NumPy on concrete
 inputs — the equivalent of transformers' ``get_rope_index`` — while the embedding scatter is a jit-friendly gather.

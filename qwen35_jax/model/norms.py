@@ -1,4 +1,4 @@
-"""The two RMSNorms of Qwen3.5 (spec §2.2, §7.1–7.2)."""
+"""The two RMSNorms of Qwen3.5 (numerics §2.2, §7.1–7.2)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class RMSNorm(nnx.Module):
 
 
 class GatedRMSNorm(nnx.Module):
-    """GDN output norm: plain scale ``w`` (ones init) on the normalised input, then ``* silu(z)`` (spec §2.2b)."""
+    """GDN output norm: plain scale ``w`` (ones init) on the normalised input, then ``* silu(z)`` (numerics §2.2b)."""
 
     def __init__(self, dim: int, eps: float, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         self.eps = eps

@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from qwen35_jax.ops.backend import target_backend
-
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
 DEFAULT_STDDEV = 0.02  # HF ``initializer_range``
@@ -39,17 +37,18 @@ def make_param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None],
     return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
-def dense(x: jax.Array, kernel: nnx.Param | jax.Array, equation: str) -> jax.Array:
+def dense(x: jax.Array, kernel: nnx.Param | jax.Array, equation: str, backend: str) -> jax.Array:
     """``einsum(equation, x, kernel)`` in the activation dtype (weights cast from master dtype, fp32 accumulate).
 
-    On CPU a projection ``rows + contracted -> rows + new`` runs as one [rows, K] x [K, N] matmul: XLA:CPU's
-    backward of the multi-axis einsum writes the output cotangent transposed ([N, rows]) before the weight-gradient
-    dot, which made a SwiGLU MLP's forward+backward ~1.5x slower (batch 4 x 512, hidden 256 -> 768). Elsewhere the
-    einsum stays as written, so sharded axes keep their own dimensions.
+    ``backend`` is the target the calling module was built for (``Runtime.backend``). On ``"cpu"`` a projection
+    ``rows + contracted -> rows + new`` runs as one [rows, K] x [K, N] matmul: XLA:CPU's backward of the multi-axis
+    einsum writes the output cotangent transposed ([N, rows]) before the weight-gradient dot, which made a SwiGLU
+    MLP's forward+backward ~1.5x slower (batch 4 x 512, hidden 256 -> 768). Elsewhere the einsum stays as written,
+    so sharded axes keep their own dimensions.
     """
     w = kernel[...] if isinstance(kernel, nnx.Variable) else kernel
     w = w.astype(x.dtype)
-    contracted = _flat_contraction(equation) if target_backend() == "cpu" else None
+    contracted = _flat_contraction(equation) if backend == "cpu" else None
     if contracted is None:
         return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
     rows, new = x.shape[: x.ndim - contracted], w.shape[contracted:]

@@ -1,4 +1,4 @@
-"""Partial rotary position embedding with interleaved multimodal sections (spec §2.3.1).
+"""Partial rotary position embedding with interleaved multimodal sections (numerics §2.3.1).
 
 Positions come as three rows (temporal, height, width) per token, ``[3, B, T]``; plain text passes ``[B, T]`` and
 all rows are equal, which reduces to 1-D partial RoPE. Qwen3-Next (``mrope_section=None``) uses the first row only.

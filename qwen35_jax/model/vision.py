@@ -1,4 +1,4 @@
-"""Vision tower (spec §2.10): patch embedding, resampled learned position table, 2D rotary, pre-LN blocks with
+"""Vision tower (numerics §2.10): patch embedding, resampled learned position table, 2D rotary, pre-LN blocks with
 attention restricted to each image / temporal slice, and the 2×2 patch merger.
 
 Grid sizes are static Python ints (they fix every shape); everything that depends only on them — patch coordinates,
@@ -142,7 +142,7 @@ def vision_rope(rows: np.ndarray, cols: np.ndarray, head_dim: int) -> tuple[np.n
 
 
 def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate-half rotary over the full head dim, in fp32 (spec §7.6), cast back."""
+    """Rotate-half rotary over the full head dim, in fp32 (numerics §7.6), cast back."""
     xf = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)

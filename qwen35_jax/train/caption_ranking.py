@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -25,14 +26,19 @@ from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.captions import (
     Batch,
     CaptionData,
-    caption_log_likelihood,
     caption_priors,
     rank_metrics,
     score_candidates,
 )
 from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.train.losses import token_nll
 
 MODEL_FIELDS = ("input_ids", "segment_ids", "positions", "pixel_values")
+
+
+def caption_log_likelihood(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:
+    """Per-row sum of ``log p(target)`` over ``loss_mask`` (jit-friendly): ``[B]`` fp32."""
+    return -jnp.sum(token_nll(logits, targets) * loss_mask.astype(jnp.float32), axis=-1)
 
 
 @functools.cache

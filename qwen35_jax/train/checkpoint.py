@@ -12,7 +12,9 @@ Saves are asynchronous (orbax writes into a temporary directory and renames it w
 leaves a half-written ``<step>`` directory); the next save or ``wait()`` finalises the previous one, after which all
 but the newest ``keep`` complete checkpoints are deleted. ``restore_latest`` tries the newest checkpoint first; a
 checkpoint that cannot be read completely (truncated / corrupt files) is reported with a warning, renamed to
-``<step>.unreadable-<n>`` (kept for inspection, never deleted) and the previous one is used.
+``<step>.unreadable-<n>`` (kept for inspection, never deleted) and the previous one is used. ``check_workdir`` runs
+before it: a workdir whose newest checkpoint holds another model (a rerun with a changed ``config.model``) raises
+``WorkdirConfigMismatchError`` naming the differing fields, and nothing is renamed or written.
 
   config, params = load_params("runs/demo")            # newest readable checkpoint of a workdir
   config, params = load_params("runs/demo", step=200)  # or a given step; also accepts .../checkpoints[/<step>]
@@ -21,9 +23,11 @@ checkpoint that cannot be read completely (truncated / corrupt files) is reporte
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -33,8 +37,16 @@ from flax import nnx
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.text_dataset import VOCAB_FILE
+from qwen35_jax.train.workdir import (  # noqa: F401 - the experiment config helpers are re-exported here
+    ABSENT,
+    CHECKPOINT_DIR,
+    checkpoint_steps,
+    flat_items,
+    load_experiment_config,
+    save_experiment_config,
+)
 
-CHECKPOINT_DIR = "checkpoints"
+MAX_SHOWN = 8  # differing fields named in a WorkdirConfigMismatchError
 log = logging.getLogger(__name__)
 
 
@@ -59,18 +71,53 @@ def _abstract(tree: Any) -> dict[str, Any]:
             for k, v in flatten(tree).items()}
 
 
-def _step_dirs(directory: str) -> list[int]:
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
-
-
 def checkpoint_root(path: str | os.PathLike) -> str:
     """``WORKDIR/checkpoints`` for a workdir, or ``path`` itself if it already is a checkpoints folder; absolute
     (orbax refuses relative checkpoint paths, and ``make demo`` passes ``--workdir runs/demo``)."""
     path = os.path.abspath(os.fspath(path))
     return path if os.path.basename(os.path.normpath(path)) == CHECKPOINT_DIR else os.path.join(path, CHECKPOINT_DIR)
+
+
+class WorkdirConfigMismatchError(ValueError):
+    """The workdir's newest checkpoint was trained with another model config: this run cannot resume it (and
+    nothing in the workdir was changed)."""
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value == ABSENT else repr(value)
+
+
+def model_config_differences(saved: Mapping[str, Any], current: ModelConfig) -> list[str]:
+    """``"field: checkpoint X, this run Y"`` for each field where a checkpoint's ``meta["model_config"]`` and
+    ``current`` differ (fields added to ModelConfig since the checkpoint count with their defaults)."""
+    try:
+        saved = ModelConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):  # unknown or invalid fields: compare as stored
+        saved = dict(saved)
+    old, new = (flat_items(json.loads(json.dumps(d))) for d in (saved, current.to_dict()))
+    return [f"{k}: checkpoint {_show(old.get(k, ABSENT))}, this run {_show(new.get(k, ABSENT))}"
+            for k in sorted(old.keys() | new.keys()) if old.get(k, ABSENT) != new.get(k, ABSENT)]
+
+
+def check_workdir(workdir: str | os.PathLike, model_config: ModelConfig) -> None:
+    """Raise ``WorkdirConfigMismatchError`` if the newest checkpoint of ``workdir`` whose metadata reads was trained
+    with a model config other than ``model_config``. Reads only the metadata (no arrays) and changes nothing;
+    checkpoints whose metadata cannot be read are skipped (``Checkpoints.restore_latest`` then sets them aside)."""
+    directory = checkpoint_root(workdir)
+    for step in reversed(checkpoint_steps(directory)):
+        try:
+            meta = ocp.load_checkpointables(os.path.join(directory, str(step)), {"meta": None})["meta"]
+            saved = dict(meta["model_config"])
+        except Exception:  # noqa: BLE001 - unreadable: left to restore_latest's fallback
+            continue
+        differences = model_config_differences(saved, model_config)
+        if differences:
+            shown = differences[:MAX_SHOWN] + ([f"... {len(differences) - MAX_SHOWN} more"]
+                                               if len(differences) > MAX_SHOWN else [])
+            raise WorkdirConfigMismatchError(
+                f"{os.path.join(directory, str(step))} was trained with another model config ({'; '.join(shown)}); "
+                "use a new --workdir for this model, or rerun with the checkpoint's model settings to resume it")
+        return
 
 
 class Checkpoints:
@@ -85,7 +132,7 @@ class Checkpoints:
 
     def steps(self) -> list[int]:
         """Steps of the complete (renamed-into-place) checkpoints, oldest first."""
-        return _step_dirs(self.directory)
+        return checkpoint_steps(self.directory)
 
     def save(self, step: int, params: Any, train: Any, meta: dict[str, Any]) -> None:
         """Start saving (returns once the arrays are copied off the devices). A step that already has a complete
@@ -137,7 +184,7 @@ def _resolve(path: str | os.PathLike, step: int | None) -> str:
     if os.path.exists(os.path.join(path, "meta")) and step is None:
         return path  # a step directory
     root = checkpoint_root(path)
-    steps = _step_dirs(root)
+    steps = checkpoint_steps(root)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {root}; train first (python -m experiments.train ...)")
     if step is None:

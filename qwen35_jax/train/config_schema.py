@@ -41,6 +41,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "b2": 0.95,
         "grad_clip_norm": 1.0,
         "grad_accum_steps": 1,
+        "moment_dtype": "float32",  # AdamW moments: float32 | bfloat16 (pods; the 0.8B on a CPU)
+        "loss_chunk": 0,  # LM head + cross-entropy over this many positions at a time (0: the whole sequence)
         "z_loss": 0.0,
         "aux_loss_coef": -1.0,  # < 0: the model's router_aux_loss_coef
         "log_every": 10,
@@ -54,8 +56,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "every": 50,  # steps between saves (plus one at the end and on SIGTERM)
         "keep": 3,
     },
+    "hardware": {
+        # The TPU topology the config is written for, e.g. "v5p:4x4x4": ``tools.aot_compile`` compiles for it by
+        # default. Training runs on the devices JAX sees whatever this says ("": no particular topology).
+        "topology": "",
+    },
 }
-SECTIONS = ("seed", "model", "data", "train", "checkpoint", "mesh", "multihost")
+SECTIONS = ("seed", "name", "model", "data", "train", "checkpoint", "mesh", "multihost", "hardware")
+MOMENT_DTYPES = ("float32", "bfloat16")
 # config.data's fields depend on its kind: text corpora (DEFAULTS["data"]) or image captions (CaptionDataConfig).
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     "text": DEFAULTS["data"],
@@ -107,6 +115,8 @@ def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
             {k: (float(v) if isinstance(defaults[k], float) else v) for k, v in merged.items()})
     if "seed" not in config:
         config.seed = 0
+    if "name" not in config:
+        config.name = ""
     return config
 
 
@@ -136,6 +146,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
     _require(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", train.min_lr_ratio, "must be in [0, 1]")
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "must be >= 0")
     _require(train.grad_clip_norm > 0, "train.grad_clip_norm", train.grad_clip_norm, "must be > 0, e.g. 1.0")
+    _require(train.moment_dtype in MOMENT_DTYPES, "train.moment_dtype", train.moment_dtype,
+             f"choose one of {MOMENT_DTYPES}")
+    _require(train.loss_chunk >= 0, "train.loss_chunk", train.loss_chunk, "use 0 (all positions at once) or a "
+             "positive divisor of data.seq_len, e.g. 256")
+    if data.kind == "text":
+        _require(train.loss_chunk == 0 or data.seq_len % train.loss_chunk == 0, "train.loss_chunk",
+                 train.loss_chunk, f"must divide data.seq_len={data.seq_len} (or be 0)")
     _require(train.z_loss >= 0, "train.z_loss", train.z_loss, "must be >= 0 (0 disables it; e.g. 1e-4)")
     _require(data.batch_size % train.grad_accum_steps == 0, "data.batch_size", data.batch_size,
              f"must be a multiple of train.grad_accum_steps={train.grad_accum_steps}")

@@ -19,39 +19,23 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
-from qwen35_jax.config import ModelConfig
-from qwen35_jax.model import Qwen35ForCausalLM
-from qwen35_jax.parallel import MeshConfig, build_mesh, install_hooks, multihost, shard_model, validate
-from qwen35_jax.parallel.rules import spec_for
-from qwen35_jax.train.checkpoint import Checkpoints
+from qwen35_jax.model.build import validate_model
+from qwen35_jax.parallel import MeshConfig, build_mesh, multihost
+from qwen35_jax.parallel.runtime import Runtime
+from qwen35_jax.train.checkpoint import Checkpoints, check_workdir, save_experiment_config
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
 from qwen35_jax.train.data_sources import DATA_SOURCES
 from qwen35_jax.train.flops import peak_flops_per_device, training_flops_per_token
 from qwen35_jax.train.metrics import CURVES_FILE, MetricsLog, Progress, plot_curves
-from qwen35_jax.train.optimizer import make_optimizer
-from qwen35_jax.train.step import all_finite, make_eval_step, make_train_step, mean_nll
+from qwen35_jax.train.step import all_finite, mean_nll
+from qwen35_jax.train.trainer import batch_sharding, build_trainer, field_sharding
 
 log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
-
-
-def batch_sharding(mesh: Mesh, mesh_config: MeshConfig, config: ml_collections.ConfigDict) -> NamedSharding:
-    """Sharding of ``[batch, seq]`` arrays; checks the batch divides the data-parallel ways (per micro-batch)."""
-    spec = spec_for(("act_batch", "act_seq"), (None, None), mesh, mesh_config.rules, "batch")
-    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
-    ways = math.prod(mesh.shape[a] for a in axes)
-    accum, batch = config.train.grad_accum_steps, config.data.batch_size
-    if batch % (ways * accum):
-        raise ValueError(f"config.data.batch_size={batch} is not divisible by the data-parallel size {ways} "
-                         f"(mesh axes {axes}) x train.grad_accum_steps={accum}; use a multiple of {ways * accum}")
-    return NamedSharding(mesh, spec_for(("act_batch", "act_seq"), (batch // accum, config.data.seq_len), mesh,
-                                        mesh_config.rules, "batch"))
 
 
 def setup_mesh(config: ml_collections.ConfigDict) -> tuple[MeshConfig, Mesh, NamedSharding]:
@@ -63,14 +47,6 @@ def setup_mesh(config: ml_collections.ConfigDict) -> tuple[MeshConfig, Mesh, Nam
     mesh_config = MeshConfig.from_config(config.get("mesh"))
     mesh = build_mesh(mesh_config)
     return mesh_config, mesh, batch_sharding(mesh, mesh_config, config)
-
-
-def field_sharding(array: np.ndarray, sharding: NamedSharding) -> NamedSharding:
-    """``[B, T]`` fields take the batch sharding; others (``positions [B, 3, T]``, ``pixel_values [B, P, C]``) are
-    split along their rows only."""
-    if array.ndim == 2:
-        return sharding
-    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0] if sharding.spec else None))
 
 
 def to_global(batch: Batch, sharding: NamedSharding, global_rows: int) -> dict[str, jax.Array]:
@@ -116,32 +92,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 
     source = DATA_SOURCES[data_cfg.kind](config, model_config, workdir)
     model_config = source.model_config
-    validate(model_config, mesh, mesh_config)  # shapes only: every parameter shards evenly
+    validate_model(model_config, Runtime.for_mesh(mesh, mesh_config))  # shapes only: every parameter shards evenly
+    check_workdir(workdir, model_config)  # another model's checkpoints: stop before anything is renamed/written
     data_seconds = time.perf_counter() - run_start
 
     begin = time.perf_counter()
-    model = Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(config.seed))
-    shard_model(model, mesh, mesh_config.rules)
-    install_hooks(model, model_config, mesh, mesh_config)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    del model
-    tx, schedule = make_optimizer(train_cfg, params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    train_state = {"opt_state": jax.jit(tx.init)(params), "step": jnp.zeros((), jnp.int32),
-                   "skipped": jnp.zeros((), jnp.int32), "skipped_in_a_row": jnp.zeros((), jnp.int32),
-                   "rng": jax.random.key_data(jax.random.key(config.seed))}
-    # Every leaf on the mesh with a NamedSharding (scalars replicated): the step's signature never changes.
-    train_state = jax.tree.map(lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
-                               else jax.device_put(x, replicated), train_state)
+    trainer = build_trainer(config, model_config, mesh, mesh_config, static_inputs=source.static_inputs)
+    params = trainer.state["params"]
+    train_state = {k: v for k, v in trainer.state.items() if k != "params"}
+    replicated = trainer.replicated
     checkpoints = Checkpoints(workdir, config.checkpoint.keep)
     restored = checkpoints.restore_latest(params, train_state)
+    save_experiment_config(workdir, config)
     start_step = 0
     if restored is not None:
         params, train_state, meta = restored
         start_step = int(meta["step"])
-        if ModelConfig.from_dict(meta["model_config"]) != model_config:
-            raise ValueError(f"the checkpoint at step {start_step} in {checkpoints.directory} was trained with a "
-                             "different model config; use a new --workdir for a new model")
         source.train.set_state(meta["data_iterator"])
         multihost.log_once("resuming from step %d (%s)", start_step, checkpoints.directory)
     state = {"params": params, **train_state}
@@ -157,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     metrics.write({"event": "model", "params": num_params, "devices": jax.device_count(),
                    "mesh": dict(mesh.shape), "seconds": round(init_seconds, 2)})
 
-    eval_step = make_eval_step(graphdef, rest, source.static_inputs)
+    eval_step = trainer.eval_step()
     validation = {name: [to_global(_local(b, sharding), sharding, b["input_ids"].shape[0]) for b in batches]
                   for name, batches in source.validation.items()}
 
@@ -180,7 +146,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 
     if start_step == 0:
         run_validation(0)
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
     train_step = None  # built at the first batch, whose fields give the batch shardings
     flops_per_token = training_flops_per_token(model_config, data_cfg.seq_len)
     peak = peak_flops_per_device(override=train_cfg.peak_flops_per_device)
@@ -227,10 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             batch = to_global(_local(rows, sharding) if source.train_is_global else rows, sharding,
                               local_rows * jax.process_count())
             if train_step is None:
-                train_step = make_train_step(graphdef, rest, tx, schedule, model_config, train_cfg,
-                                             state_shardings=state_shardings,
-                                             batch_sharding={k: v.sharding for k, v in batch.items()},
-                                             replicated=replicated, static_inputs=source.static_inputs)
+                train_step = trainer.step_for(batch)
             state, out = train_step(state, batch, jax.device_put(np.asarray(step in nan_steps), replicated))
             if step == start_step + 1:  # the first step includes compilation: time it apart
                 jax.block_until_ready(out)

@@ -4,7 +4,7 @@
 
 No weight decay on norms (any path segment containing ``norm``), biases (``bias`` / ``*_bias``, e.g. GDN
 ``dt_bias``), the GDN decay ``A_log``, and — unless ``train.decay_embeddings`` — the input embedding
-``embed_tokens``.
+``embed_tokens``. The moments are stored in ``train.moment_dtype`` (bfloat16 on pods and for the 0.8B on a CPU).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -44,13 +45,28 @@ def make_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
         decay_steps=train.steps, end_value=train.learning_rate * train.min_lr_ratio)
 
 
+def with_moment_dtype(tx: optax.GradientTransformation, dtype: str) -> optax.GradientTransformation:
+    """``tx`` whose floating-point state (AdamW's first and second moments) is stored in ``dtype``. The update
+    arithmetic runs in the gradients' dtype (fp32, see ``step``); only the stored state is rounded."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(state: Any) -> Any:
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        updates, state = tx.update(updates, state, params)
+        return updates, cast(state)
+
+    return optax.GradientTransformation(lambda params: cast(tx.init(params)), update)
+
+
 def make_optimizer(train: ml_collections.ConfigDict, params: Any) -> tuple[optax.GradientTransformation,
                                                                            optax.Schedule]:
-    """The optimizer for ``params`` (a pytree of arrays) and its learning-rate schedule."""
+    """The optimizer for ``params`` (a pytree of arrays or ShapeDtypeStructs) and its learning-rate schedule."""
     schedule = make_schedule(train)
     tx = optax.chain(
         optax.clip_by_global_norm(train.grad_clip_norm),
         optax.adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay,
                     mask=decay_mask(params, train.decay_embeddings)),
     )
-    return tx, schedule
+    return with_moment_dtype(tx, train.moment_dtype), schedule

@@ -5,8 +5,11 @@
 
 One step: (optional) gradient accumulation over ``train.grad_accum_steps`` micro-batches with ``lax.scan``; loss =
 masked next-token cross-entropy + aux-loss coefficient x MoE load-balancing loss + ``train.z_loss`` x mean
-``logsumexp(logits)^2``; AdamW update. A non-finite loss or gradient norm keeps the old parameters and optimizer
-state (the update is skipped) and counts the step in ``skipped`` / ``skipped_in_a_row``.
+``logsumexp(logits)^2``, with the LM head run in ``train.loss_chunk``-position pieces (``losses.lm_head_losses``);
+fp32 gradients whatever the parameter dtype; AdamW update (moments in ``train.moment_dtype``). This is the one
+training step: ``train.trainer.build_trainer`` builds it for ``experiments.train`` and for ``tools.aot_compile``.
+A non-finite loss or gradient norm keeps the old parameters and optimizer state (the update is skipped) and counts
+the step in ``skipped`` / ``skipped_in_a_row``.
 
 Batch fields other than ``targets`` / ``loss_mask`` are passed to the model by name (``input_ids`` positionally),
 so a data source may add model inputs without changing this module. Batches are rows-first — every field has the
@@ -28,7 +31,7 @@ import optax
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.train.losses import masked_cross_entropy, masked_mean, token_nll
+from qwen35_jax.train.losses import lm_head_losses
 
 Batch = dict[str, jax.Array]
 StaticInputs = Callable[[int], dict[str, Any]]  # rows -> model keyword arguments that fix shapes (NumPy)
@@ -59,18 +62,19 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, model_config: ModelCon
                  train: ml_collections.ConfigDict, static_inputs: StaticInputs | None = None,
                  ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     aux_coef = model_config.router_aux_loss_coef if train.aux_loss_coef < 0 else train.aux_loss_coef
-    z_coef = float(train.z_loss)
+    z_coef, chunk = float(train.z_loss), int(train.loss_chunk)
 
     def loss_fn(params: nnx.State, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         model = nnx.merge(graphdef, params, rest)
-        out = model(batch["input_ids"], **model_inputs(batch, static_inputs))
-        ce = masked_cross_entropy(out.logits, batch["targets"], batch["loss_mask"])
+        out = model(batch["input_ids"], compute_logits=False, **model_inputs(batch, static_inputs))
+        nll_sum, z_sum, count = lm_head_losses(out.hidden_states, model.unembed, batch["targets"],
+                                               batch["loss_mask"], chunk)
+        count = jnp.maximum(count, 1.0)
+        ce = nll_sum / count
         loss = ce + aux_coef * out.aux_loss
         metrics = {"ce": ce, "aux_loss": out.aux_loss}
         if z_coef > 0:
-            lse = jax.nn.logsumexp(out.logits.astype(jnp.float32), axis=-1)
-            z = masked_mean(jnp.square(lse), batch["loss_mask"])
-            loss, metrics["z_loss"] = loss + z_coef * z, z
+            loss, metrics["z_loss"] = loss + z_coef * z_sum / count, z_sum / count
         if out.router_stats is not None:
             metrics.update(_router_metrics(out.router_stats))
         return loss, metrics
@@ -105,9 +109,11 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
 
     def step(state: dict, batch: Batch, poison: jax.Array) -> tuple[dict, dict]:
         params = state["params"]
-        (loss, metrics), grads = _accumulate(grad_fn, params, batch, accum)
+        # Differentiated with respect to an fp32 view of the parameters: the gradients (and the optimizer's update
+        # arithmetic) are fp32 whatever ``model.param_dtype`` is; ``apply_updates`` casts the result back.
+        fp32_params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+        (loss, metrics), grads = _accumulate(grad_fn, fp32_params, batch, accum)
         loss = jnp.where(poison, jnp.nan, loss)  # debug: train.debug_nan_steps
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, state["opt_state"], params)
@@ -133,15 +139,17 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
 
 
 def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State, static_inputs: StaticInputs | None = None,
-                   ) -> Callable[[nnx.State, Batch], tuple[jax.Array, ...]]:
-    """``(params, batch) -> (sum of target NLL over the loss mask, number of targets)``."""
+                   loss_chunk: int = 0) -> Callable[[nnx.State, Batch], tuple[jax.Array, ...]]:
+    """``(params, batch) -> (sum of target NLL over the loss mask, number of targets)``; the LM head runs in
+    ``loss_chunk``-position pieces like the training loss (0: all at once)."""
 
     @jax.jit
     def eval_step(params: nnx.State, batch: Batch) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(graphdef, params, rest)
-        nll = token_nll(model(batch["input_ids"], **model_inputs(batch, static_inputs)).logits, batch["targets"])
-        mask = batch["loss_mask"].astype(jnp.float32)
-        return jnp.sum(nll * mask), jnp.sum(mask)
+        out = model(batch["input_ids"], compute_logits=False, **model_inputs(batch, static_inputs))
+        nll_sum, _, count = lm_head_losses(out.hidden_states, model.unembed, batch["targets"], batch["loss_mask"],
+                                           loss_chunk)
+        return nll_sum, count
 
     return eval_step
 

@@ -11,7 +11,6 @@ from qwen35_jax.data.captions import (
     EMOJI_FONT,
     CaptionDataConfig,
     RankingSet,
-    caption_log_likelihood,
     caption_priors,
     heldout_split,
     load_digits,
@@ -23,6 +22,7 @@ from qwen35_jax.data.captions import (
 )
 from qwen35_jax.data.tokenizer import get_tokenizer
 from qwen35_jax.model.multimodal import get_rope_index
+from qwen35_jax.train.caption_ranking import caption_log_likelihood
 
 SIZE = 64  # -> grid (1, 4, 4) -> 4 merged image tokens
 BATCH = 6

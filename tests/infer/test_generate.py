@@ -102,12 +102,12 @@ def test_top_k_1_equals_greedy_and_filters():
 
 def test_left_padded_prefill_matches_the_padded_fixture(hf_fixtures):
     """Prefill logits of a left-padded batch equal transformers' (``dense_padded``: row 1 has 9 pad tokens)."""
-    from qwen35_jax.infer import forward_with_cache, init_cache
+    from qwen35_jax.infer import forward_with_cache
 
     reference = np.load(hf_fixtures / "dense_padded" / "reference.npz")
     model = load_pretrained(hf_fixtures / "dense_padded")
     ids, mask = reference["input_ids"], reference["attention_mask"]
-    cache = init_cache(model.config, ids.shape[0], ids.shape[1] + 4)
+    cache = model.init_cache(ids.shape[0], ids.shape[1] + 4)
     logits, cache = nnx.jit(forward_with_cache)(model, jnp.asarray(ids), cache, jnp.asarray(mask))
     err = np.abs(np.asarray(logits) - reference["logits"][:, -1]).max()
     assert err <= 1e-4, err
@@ -118,15 +118,39 @@ def test_left_padded_prefill_matches_the_padded_fixture(hf_fixtures):
 def test_prefill_in_pieces_continues_the_cache(hf_fixtures, models):
     """Prefilling 35 + 35 tokens equals transformers' logits at both ends (GDN state, conv window, KV carried);
     equal pieces share one compilation."""
-    from qwen35_jax.infer import forward_with_cache, init_cache
+    from qwen35_jax.infer import forward_with_cache
 
     reference = np.load(hf_fixtures / "dense_untied" / "reference.npz")
     model, ids = models["dense_untied"], jnp.asarray(reference["input_ids"])
     step = nnx.jit(forward_with_cache)
-    cache = init_cache(model.config, ids.shape[0], ids.shape[1])
+    cache = model.init_cache(ids.shape[0], ids.shape[1])
     first, cache = step(model, ids[:, :35], cache, jnp.ones((2, 35), jnp.int32))
     second, cache = step(model, ids[:, 35:], cache, jnp.ones((2, 35), jnp.int32))
     for got, at in ((first, 34), (second, 69)):
         err = np.abs(np.asarray(got) - reference["logits"][:, at]).max()
         assert err <= 1e-4, (at, err)
+    assert int(cache.index) == 70 and np.asarray(cache.positions).tolist() == [70, 70]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_decode_steps_match_the_training_forward(hf_fixtures, models, case):
+    """The same model call without a cache (training) and with one (prefill 60 tokens, then 10 one-token decode
+    steps) gives the same logits; ``compute_logits=False`` returns only the hidden states."""
+    model = models[case]
+    ids = jnp.asarray(np.load(hf_fixtures / "dense_untied" / "reference.npz")["input_ids"]) % model.config.vocab_size
+    full = nnx.jit(lambda m, x: m(x))(model, ids)
+    assert full.cache is None
+
+    @nnx.jit
+    def step(m, x, cache):
+        out = m(x, cache=cache, compute_logits=False)
+        return m.unembed(out.hidden_states), out.logits, out.cache
+
+    logits, none, cache = step(model, ids[:, :60], model.init_cache(ids.shape[0], ids.shape[1]))
+    assert none is None
+    pieces = [logits] + [None] * 10
+    for at in range(60, 70):
+        pieces[at - 59], _, cache = step(model, ids[:, at: at + 1], cache)
+    err = np.abs(np.asarray(jnp.concatenate(pieces, axis=1)) - np.asarray(full.logits)).max()
+    assert err <= 1e-4, err
     assert int(cache.index) == 70 and np.asarray(cache.positions).tolist() == [70, 70]

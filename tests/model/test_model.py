@@ -77,8 +77,9 @@ def test_jit_matches_eager_and_multimodal_positions_reduce_to_text():
 
 def test_expert_with_no_tokens_gets_zero_gradient():
     from qwen35_jax.model.moe import SparseMoE
+    from qwen35_jax.parallel import Runtime
 
-    moe = SparseMoE(ModelConfig(**TINY_MOE), rngs=nnx.Rngs(0))
+    moe = SparseMoE(ModelConfig(**TINY_MOE), runtime=Runtime.local(), rngs=nnx.Rngs(0))
     x = jnp.abs(jax.random.normal(jax.random.key(1), (2, 8, 32)))  # positive inputs ...
     router = jnp.abs(moe.router[...])
     moe.router[...] = router.at[:, 3].set(-router[:, 3])  # ... so expert 3 always scores lowest

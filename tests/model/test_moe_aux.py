@@ -1,4 +1,4 @@
-"""The pooled load-balancing loss (spec §3) on transformers' own router logits, with and without a padding mask."""
+"""The pooled load-balancing loss (numerics §3) on transformers' own router logits, with and without a padding mask."""
 
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""MTP head (spec §2.9) against an independent float64 NumPy implementation on the VL fixtures' ``mtp.*`` weights.
+"""MTP head (numerics §2.9) against an independent float64 NumPy implementation on the VL fixtures' ``mtp.*`` weights.
 
 The fixtures carry Hub-named ``mtp.*`` tensors (dense: one full-attention layer with a SwiGLU MLP; MoE: a MoE layer
 with per-expert tensors), so loading them also checks the MTP key rules.

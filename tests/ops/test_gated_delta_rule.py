@@ -46,13 +46,14 @@ def segments(batch, length, starts_per_row):
     return jnp.asarray(ids)
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "use_qk_l2norm", "with_state"))
-def value_and_grads(inputs, cot_o, cot_s, segment_ids, *, impl, use_qk_l2norm=True, with_state=True):
+@functools.partial(jax.jit, static_argnames=("impl", "use_qk_l2norm", "with_state", "backend"))
+def value_and_grads(inputs, cot_o, cot_s, segment_ids, *, impl, use_qk_l2norm=True, with_state=True, backend=None):
     def loss(x):
         o, s = gated_delta_rule(
             x["q"], x["k"], x["v"], x["g"], x["beta"],
             initial_state=x["initial_state"] if with_state else None,
             output_final_state=True, segment_ids=segment_ids, use_qk_l2norm=use_qk_l2norm, impl=impl,
+            backend=backend,
         )
         return jnp.sum(o * cot_o) + jnp.sum(s * cot_s), (o, s)
 
@@ -100,9 +101,8 @@ def test_chunked_several_groups(target):
     # that program too); resets inside a group, at the accelerator group boundary (576) and near the end.
     length = 1100
     inputs, cot_o, cot_s = make_inputs(9, 1, length, 1, 2, 8, 8)
-    with api.compile_target(target):
-        assert chunked._grouping(length, chunked._max_group()) == {"cpu": (18, 1), "gpu": (2, 9)}[target]
-        assert_matches(inputs, cot_o, cot_s, segments(1, length, [[100, 576, 1000]]))
+    assert chunked._grouping(length, chunked.max_group(target)) == {"cpu": (18, 1), "gpu": (2, 9)}[target]
+    assert_matches(inputs, cot_o, cot_s, segments(1, length, [[100, 576, 1000]]), backend=target)
 
 
 def test_segment_reset_blocks_initial_state():
@@ -251,10 +251,14 @@ def test_decode_bad_inputs_raise():
         gated_delta_rule_decode_step(q, q, v, g, g, s[..., :8])
 
 
-def test_auto_is_chunked_on_cpu():
+def test_auto_resolves_for_the_given_backend():
     assert jax.default_backend() == "cpu"
-    assert api.resolve_impl("auto") == "chunked"
-    assert api.resolve_impl("pallas_tpu", interpret=True) == "pallas_tpu"
+    assert api.resolve_impl("auto", None) == "chunked"
+    assert api.resolve_impl("auto", "tpu") == "pallas_tpu"
+    assert api.resolve_impl("auto", "gpu") == "pallas_gpu"
+    assert api.resolve_impl("pallas_tpu", "cpu", interpret=True) == "pallas_tpu"
+    with pytest.raises(ValueError, match="needs a tpu backend but the target backend is 'cpu'"):
+        api.resolve_impl("pallas_tpu", "cpu")
 
 
 def test_unit_lower_inverse():

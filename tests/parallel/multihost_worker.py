@@ -64,8 +64,9 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     from parallel_helpers import random_model, tiny_config
 
     from qwen35_jax.parallel import multihost
-    from qwen35_jax.parallel.mesh import MeshConfig, build_mesh, install_hooks, shard_model
+    from qwen35_jax.parallel.mesh import MeshConfig, build_mesh
     from qwen35_jax.parallel.rules import spec_for
+    from qwen35_jax.parallel.runtime import Runtime
 
     multihost.initialize(dict(enabled=True, coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
                               process_id=process_id, cpu_collectives="gloo"))
@@ -73,7 +74,7 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     config = tiny_config()
     mesh_config = MeshConfig.from_config(MESH)
     mesh = build_mesh(mesh_config)
-    model = install_hooks(shard_model(random_model(config), mesh, mesh_config.rules), config, mesh, mesh_config)
+    model = random_model(config, runtime=Runtime.for_mesh(mesh, mesh_config))
     shape = (BATCH, LENGTH + 1)
     sharding = NamedSharding(mesh, spec_for(("act_batch", None), shape, mesh, mesh_config.rules))
     rows = multihost.process_rows(sharding, shape)

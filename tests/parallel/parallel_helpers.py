@@ -8,7 +8,8 @@ import numpy as np
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.model import Qwen35ForCausalLM, model_shardings
+from qwen35_jax.parallel import MeshConfig, Runtime, build_mesh
 
 # One hybrid block [GDN, attention] with 8 experts top-2 and a shared expert; the token recurrence is the GDN core
 # with the cheapest compile on CPU.
@@ -38,8 +39,22 @@ def random_module(factory, seed: int = 0) -> nnx.Module:
     return nnx.merge(graphdef, random_state(abstract, seed))
 
 
-def random_model(config: ModelConfig, seed: int = 0) -> Qwen35ForCausalLM:
-    return random_module(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)), seed)
+def random_model(config: ModelConfig, seed: int = 0, runtime: Runtime | None = None) -> Qwen35ForCausalLM:
+    """Random model built for ``runtime`` (default one CPU device); on a mesh its variables are sharded."""
+    model = random_module(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0), runtime=runtime), seed)
+    return placed(model, runtime) if runtime is not None and runtime.mesh is not None else model
+
+
+def mesh_runtime(backend: str | None = None, **fields) -> Runtime:
+    """The runtime of ``config.mesh = fields`` on the 8 CPU devices (``backend``: the target, default cpu)."""
+    mesh_config = MeshConfig.from_config(fields)
+    return Runtime.for_mesh(build_mesh(mesh_config), mesh_config, backend=backend)
+
+
+def placed(module: nnx.Module, runtime: Runtime) -> nnx.Module:
+    """``module`` with its variables moved to their shardings on ``runtime.mesh`` (values only, in place)."""
+    nnx.update(module, jax.device_put(nnx.state(module), model_shardings(module, runtime)))
+    return module
 
 
 def assert_trees_close(actual, expected, rtol: float = 1e-5) -> None:

@@ -5,13 +5,19 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from parallel_helpers import tiny_config
 
-from qwen35_jax.parallel.mesh import MeshConfig, abstract_model, build_mesh, model_shardings, validate
+from qwen35_jax.model import build_model, model_shardings, validate_model
+from qwen35_jax.parallel import Runtime
+from qwen35_jax.parallel.mesh import MeshConfig, build_mesh
 from qwen35_jax.parallel.rules import DEFAULT_RULES, logical_to_spec
 
 
 def _mesh(**axes):
     mesh_config = MeshConfig.from_config(axes)
     return build_mesh(mesh_config), mesh_config
+
+
+def _runtime(**axes) -> Runtime:
+    return Runtime.for_mesh(*_mesh(**axes))
 
 
 def test_minus_one_absorbs_the_remaining_devices():
@@ -41,34 +47,30 @@ def test_invalid_mesh_config(fields, devices, message):
 
 
 def test_heads_not_divisible_by_tensor_is_rejected_naming_the_field():
-    mesh, mesh_config = _mesh(tensor=8)
     config = tiny_config(linear_num_key_heads=8, linear_num_value_heads=8)  # everything else divides by 8
     with pytest.raises(ValueError, match=r"'q_heads' of size 4 \(ModelConfig.num_attention_heads\).*tensor"):
-        validate(config, mesh, mesh_config)
+        validate_model(config, _runtime(tensor=8))
 
 
 def test_experts_not_divisible_by_expert_axis_is_rejected():
-    mesh, mesh_config = _mesh(expert=4)
     with pytest.raises(ValueError, match=r"'expert' of size 6 \(ModelConfig.num_experts\)"):
-        validate(tiny_config(num_experts=6), mesh, mesh_config)
+        validate_model(tiny_config(num_experts=6), _runtime(expert=4))
 
 
 def test_expert_parallel_needs_tokens_split_over_the_expert_axis():
     rules = [r for r in DEFAULT_RULES if r[0] != "act_batch"] + [("act_batch", ("data", "fsdp"))]
-    mesh, mesh_config = _mesh(expert=4, rules=rules)
     with pytest.raises(ValueError, match=r"tokens sharded over the expert mesh axes \('expert',\)"):
-        validate(tiny_config(), mesh, mesh_config)
+        validate_model(tiny_config(), _runtime(expert=4, rules=rules))
 
 
 def test_dropless_dispatch_is_refused_on_cpu():
-    mesh, mesh_config = _mesh(expert=4, expert_dispatch="dropless")
     with pytest.raises(ValueError, match=r"'dropless' needs ragged_all_to_all.*'cpu'"):
-        validate(tiny_config(), mesh, mesh_config)
+        validate_model(tiny_config(), _runtime(expert=4, expert_dispatch="dropless"))
 
 
 def test_parameter_shardings_follow_the_rules():
-    mesh, mesh_config = _mesh(fsdp=2, expert=2, tensor=2)
-    shardings = model_shardings(abstract_model(tiny_config()), mesh, mesh_config.rules)
+    runtime = _runtime(fsdp=2, expert=2, tensor=2)
+    shardings = model_shardings(build_model(tiny_config(), runtime, abstract=True), runtime)
     layers = shardings["decoder"]["blocks"]["layers"]
     spec = {name: layers[i][part][name].get_value().spec for i, part, name in [
         (0, "mlp", "experts_gate"), (0, "mlp", "experts_down"), (0, "mlp", "router"), (1, "self_attn", "q_proj"),

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
-from parallel_helpers import assert_trees_close, random_model, tiny_config
+from parallel_helpers import assert_trees_close, mesh_runtime, random_model, tiny_config
 
-from qwen35_jax.ops.backend import compile_target
-from qwen35_jax.parallel.mesh import MeshConfig, ShardedDeltaRule, build_mesh, install_hooks, shard_model, validate
+from qwen35_jax.model import validate_model
+from qwen35_jax.ops.gated_delta_rule.sharded import DeltaRule
 from qwen35_jax.train.losses import masked_cross_entropy
 
 CONFIG = tiny_config()
@@ -38,11 +38,11 @@ def reference():
 
 @pytest.mark.parametrize("axes", MESHES, ids=["expert2-fsdp2-tensor2", "expert4-data2", "expert8"])
 def test_sharded_model_matches_single_device(reference, axes):
-    mesh_config = MeshConfig.from_config(dict(axes, capacity_factor=NO_DROP))
-    mesh = build_mesh(mesh_config)
-    validate(CONFIG, mesh, mesh_config)
-    model = install_hooks(shard_model(random_model(CONFIG), mesh, mesh_config.rules), CONFIG, mesh, mesh_config)
+    runtime = mesh_runtime(**axes, capacity_factor=NO_DROP)
+    validate_model(CONFIG, runtime)
+    model = random_model(CONFIG, runtime=runtime)
     assert model.decoder.blocks.layers[0].mlp.expert_parallel.dispatch == "capacity"
+    assert model.decoder.blocks.layers[0].linear_attn.delta_rule == DeltaRule("recurrent", "cpu")  # XLA partitions it
     (loss, (logits, stats)), grads = _value_and_grad(model, *_batch())
     (ref_loss, (ref_logits, ref_stats)), ref_grads = reference
     assert float(stats.dropped) == 0.0
@@ -52,29 +52,3 @@ def test_sharded_model_matches_single_device(reference, axes):
     assert_trees_close(grads, ref_grads)
     expert_grads = grads["decoder"]["blocks"]["layers"][0]["mlp"]["experts_gate"][...]
     assert expert_grads.sharding.spec[1] == "expert"  # gradients stay sharded like the parameters
-
-
-def test_delta_rule_in_shard_map_matches_single_device(reference):
-    """The ShardedDeltaRule hook (how Pallas kernels run on a mesh), here around the token recurrence: batch over
-    data x fsdp, GDN heads over tensor."""
-    mesh_config = MeshConfig.from_config(dict(expert=2, fsdp=2, tensor=2, capacity_factor=NO_DROP))
-    mesh = build_mesh(mesh_config)
-    model = install_hooks(shard_model(random_model(CONFIG), mesh, mesh_config.rules), CONFIG, mesh, mesh_config)
-    gdn = model.decoder.blocks.layers[0].linear_attn
-    assert gdn.sharded_rule is None  # a non-Pallas impl is partitioned by XLA itself
-    gdn.sharded_rule = ShardedDeltaRule(mesh, tuple(mesh_config.rules), CONFIG.gdn_impl)
-    (loss, (logits, _)), grads = _value_and_grad(model, *_batch())
-    (ref_loss, (ref_logits, _)), ref_grads = reference
-    assert abs(float(loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss))
-    assert_trees_close(logits, ref_logits)
-    assert_trees_close(grads, ref_grads)
-
-
-def test_pallas_impl_installs_the_shard_map_hook():
-    config = tiny_config(gdn_impl="pallas_tpu")
-    mesh_config = MeshConfig.from_config(dict(expert=2, fsdp=4))
-    mesh = build_mesh(mesh_config)
-    with compile_target("tpu"):  # as tools.aot_compile does for TPU topologies
-        model = install_hooks(random_model(config), config, mesh, mesh_config)
-    hook = model.decoder.blocks.layers[0].linear_attn.sharded_rule
-    assert isinstance(hook, ShardedDeltaRule) and hook.impl == "pallas_tpu"

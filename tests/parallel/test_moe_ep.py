@@ -1,6 +1,5 @@
 """Expert-parallel MoE layer on 8 CPU devices against the single-device layer (fp32), plus the dispatch bookkeeping."""
 
-import dataclasses
 import os
 
 import jax
@@ -8,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from parallel_helpers import assert_trees_close, random_module, tiny_config
+from parallel_helpers import assert_trees_close, mesh_runtime, placed, random_module, tiny_config
 
 from qwen35_jax.model.moe import SparseMoE
-from qwen35_jax.parallel import moe_ep
-from qwen35_jax.parallel.mesh import MeshConfig, build_mesh, install_hooks, shard_model
+from qwen35_jax.ops.moe import expert_parallel
+from qwen35_jax.parallel import Runtime
 
 CONFIG = tiny_config()
 BATCH, LENGTH, UNUSED_EXPERT = 8, 8, 3
@@ -20,9 +19,10 @@ MESHES = [dict(expert=2, fsdp=2, tensor=2), dict(expert=4, data=2), dict(expert=
 NO_DROP = CONFIG.num_experts / CONFIG.num_experts_per_tok  # capacity = every local token: nothing can drop
 
 
-def _layer() -> SparseMoE:
-    """Random layer whose router never picks expert 3 for positive inputs."""
-    moe = random_module(lambda: SparseMoE(CONFIG, rngs=nnx.Rngs(0)))
+def _layer(runtime: Runtime | None = None) -> SparseMoE:
+    """Random layer built for ``runtime`` (default one CPU device) whose router never picks expert 3 for positive
+    inputs; the same values on any runtime."""
+    moe = random_module(lambda: SparseMoE(CONFIG, runtime=runtime or Runtime.local("cpu"), rngs=nnx.Rngs(0)))
     router = jnp.abs(moe.router[...])
     moe.router[...] = router.at[:, UNUSED_EXPERT].set(-router[:, UNUSED_EXPERT])
     return moe
@@ -33,9 +33,8 @@ def _inputs() -> jax.Array:
 
 
 def _sharded(axes: dict, **mesh_fields) -> SparseMoE:
-    mesh_config = MeshConfig.from_config(dict(axes, **mesh_fields))
-    mesh = build_mesh(mesh_config)
-    return install_hooks(shard_model(_layer(), mesh, mesh_config.rules), CONFIG, mesh, mesh_config)
+    runtime = mesh_runtime(**axes, **mesh_fields)
+    return placed(_layer(runtime), runtime)
 
 
 def _loss(moe, x):
@@ -90,9 +89,11 @@ def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, outpu
 
 
 def test_dropless_dispatch_matches_single_device_with_emulated_collective(reference, monkeypatch):
-    monkeypatch.setattr(moe_ep, "ragged_all_to_all", emulated_ragged_all_to_all)
-    moe = _sharded(dict(expert=4, tensor=2), expert_dispatch="capacity")
-    moe.expert_parallel = dataclasses.replace(moe.expert_parallel, dispatch="dropless")
+    monkeypatch.setattr(expert_parallel, "ragged_all_to_all", emulated_ragged_all_to_all)
+    # Built for a GPU target (dispatch auto -> dropless); the CPU devices run it with the emulated collective and
+    # ragged_dot grouped matmuls.
+    moe = _sharded(dict(expert=4, tensor=2), backend="gpu")
+    assert moe.expert_parallel.dispatch == "dropless"
     (loss, (out, stats)), grads = _value_and_grad(moe, _inputs())
     (ref_loss, (ref_out, _)), ref_grads = reference
     assert float(stats.dropped) == 0.0
@@ -148,7 +149,7 @@ def test_ragged_plan_groups_rows_by_local_expert_and_returns_them(buffer):
     sent = {s: np.array([(s, e, i) for e in range(ep * e_loc) for i in range(counts[s, e])], int).reshape(-1, 3)
             for s in range(ep)}
     rows = ep * counts.sum(1).max() if buffer is None else buffer
-    plans = [moe_ep.ragged_plan(jnp.asarray(counts.reshape(ep, ep, e_loc)), s, rows) for s in range(ep)]
+    plans = [expert_parallel.ragged_plan(jnp.asarray(counts.reshape(ep, ep, e_loc)), s, rows) for s in range(ep)]
 
     def exchange(buffers, which, out_rows):
         result = {d: np.full((out_rows[d], 3), -1) for d in range(ep)}
@@ -193,15 +194,17 @@ def test_dropless_dispatch_compiles_for_tpu(v5p_topology):
     """ragged_all_to_all has no XLA:CPU implementation: AOT-compile forward + backward for 4 v5p chips."""
     from jax.sharding import NamedSharding
 
+    from qwen35_jax.parallel.mesh import MeshConfig, build_mesh
     from qwen35_jax.parallel.rules import state_shardings
 
     config = tiny_config(hidden_size=128, moe_intermediate_size=64, dtype="bfloat16", param_dtype="bfloat16")
     mesh_config = MeshConfig.from_config(dict(expert=4))
-    mesh = build_mesh(mesh_config, v5p_topology.devices)
-    moe = install_hooks(nnx.eval_shape(lambda: SparseMoE(config, rngs=nnx.Rngs(0))), config, mesh, mesh_config)
+    runtime = Runtime.for_mesh(build_mesh(mesh_config, v5p_topology.devices), mesh_config)
+    mesh = runtime.mesh
+    moe = nnx.eval_shape(lambda: SparseMoE(config, runtime=runtime, rngs=nnx.Rngs(0)))
     assert moe.expert_parallel.dispatch == "dropless"
     graphdef, state = nnx.split(moe)
-    shardings = state_shardings(state, mesh, mesh_config.rules)
+    shardings = state_shardings(state, mesh, runtime.rules)
     state = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state, shardings)
     x = jax.ShapeDtypeStruct((8, 256, 128), jnp.bfloat16, sharding=NamedSharding(mesh, jax.P("expert")))
 

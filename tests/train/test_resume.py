@@ -76,6 +76,10 @@ def test_nan_step_is_skipped_and_counted(reference):
     assert any(p.name.startswith("events.out.tfevents") for p in (reference / "tensorboard").iterdir())
     # keep=2: only the two newest complete checkpoints remain
     assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()) == [8, 10]
+    from qwen35_jax.train.checkpoint import load_experiment_config
+
+    saved = load_experiment_config(reference)  # the whole experiment config, overrides included
+    assert saved.train.steps == STEPS and saved.train.debug_nan_steps == (3,) and saved.model.hidden_size == 32
 
 
 def test_sigkill_resume_then_corrupt_checkpoint(reference, tmp_path, env):

@@ -1,4 +1,4 @@
-"""Multimodal fusion and mRoPE positions (spec §2.11) against transformers' Qwen3.5 VL models."""
+"""Multimodal fusion and mRoPE positions (numerics §2.11) against transformers' Qwen3.5 VL models."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Vision tower forward (spec §2.10) against transformers' Qwen3_5VisionModel on real processed images."""
+"""Vision tower forward (numerics §2.10) against transformers' Qwen3_5VisionModel on real processed images."""
 
 import jax
 import jax.numpy as jnp

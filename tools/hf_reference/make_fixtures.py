@@ -145,7 +145,7 @@ def _next_text(num_layers: int) -> dict[str, Any]:
 
 
 def _vl(text_config: dict[str, Any]) -> dict[str, Any]:
-    """A nested ``Qwen3_5Config`` / ``Qwen3_5MoeConfig`` dict (spec §6 snippet sizes) with one MTP layer."""
+    """A nested ``Qwen3_5Config`` / ``Qwen3_5MoeConfig`` dict (numerics §6 snippet sizes) with one MTP layer."""
     from tools.hf_reference.vl_case import TOKENS, VISION_SIZES
 
     return dict(text_config=dict(text_config, mtp_num_hidden_layers=1), vision_config=dict(VISION_SIZES),

@@ -55,7 +55,7 @@ SEQ_LEN = 46
 
 
 def image_processor() -> Qwen2VLImageProcessorPil:
-    """The Qwen3.5 preprocessor settings (spec §2.10) with small pixel limits."""
+    """The Qwen3.5 preprocessor settings (numerics §2.10) with small pixel limits."""
     return Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=MEAN,
                                     image_std=STD, size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
 
@@ -201,14 +201,14 @@ def vl_reference_arrays(model: torch.nn.Module, kwargs: dict[str, torch.Tensor],
 
 
 def mtp_layer_module(model: torch.nn.Module) -> torch.nn.Module:
-    """A fresh full-attention decoder layer of the model's own class: the MTP layer (spec §2.9)."""
+    """A fresh full-attention decoder layer of the model's own class: the MTP layer (numerics §2.9)."""
     text = model.model.language_model
     index = text.config.layer_types.index("full_attention")
     return type(text.layers[index])(text.config, index).to(torch.float32)
 
 
 def mtp_tensors(model: torch.nn.Module, gen: torch.Generator, perturb: Any) -> dict[str, torch.Tensor]:
-    """Random ``mtp.*`` tensors with the Hub names (MoE experts per expert, as inferred in spec §6.1)."""
+    """Random ``mtp.*`` tensors with the Hub names (MoE experts per expert, as inferred in numerics §6.1)."""
     h = model.config.text_config.hidden_size
     module = torch.nn.Module()
     module.pre_fc_norm_embedding = torch.nn.Parameter(torch.zeros(h))

@@ -1,19 +1,22 @@
-"""Public entry point of the gated delta rule: validation, fp32 pre-processing (spec §2.4) and dispatch to a core.
+"""Public entry point of the gated delta rule: validation, fp32 pre-processing (numerics §2.4) and dispatch to a core.
 
 Cores (same contract, see ``reference``): ``recurrent`` (token scan, the reference), ``chunked`` (WY/UT transform in
 XLA with a hand-written VJP, the CPU default), ``pallas_tpu`` / ``pallas_gpu`` (kernels, imported lazily).
+
+The target backend is an argument (``backend``; the model passes the one it was built for): ``impl="auto"`` resolves
+against it and the chunked core sizes its work for it, so AOT-compiling for a TPU on a CPU host traces what the TPU
+runs. ``None`` means ``jax.default_backend()``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import jax
 import jax.numpy as jnp
 
-from qwen35_jax.ops.backend import compile_target, target_backend
-
-__all__ = ["IMPLS", "compile_target", "gated_delta_rule", "resolve_impl"]
+__all__ = ["IMPLS", "gated_delta_rule", "resolve_impl"]
 
 IMPLS = ("auto", "recurrent", "chunked", "pallas_tpu", "pallas_gpu")
 L2NORM_EPS = 1e-6
@@ -80,9 +83,10 @@ def _validate(q, k, v, g, beta, initial_state, segment_ids, impl) -> None:
             raise ValueError(f"gated_delta_rule: segment_ids must be an integer array, got {segment_ids.dtype}")
 
 
-def resolve_impl(impl: str, interpret: bool = False) -> str:
-    """Map ``auto`` to the backend's implementation and refuse a Pallas core on a foreign backend."""
-    backend = target_backend()
+def resolve_impl(impl: str, backend: str | None, interpret: bool = False) -> str:
+    """Map ``auto`` to ``backend``'s implementation (None: the default backend) and refuse a Pallas core on a foreign
+    backend unless ``interpret``."""
+    backend = backend or jax.default_backend()
     if impl == "auto":
         if backend == "tpu":
             return "pallas_tpu"
@@ -91,13 +95,13 @@ def resolve_impl(impl: str, interpret: bool = False) -> str:
         return "chunked"
     if impl in _PALLAS_BACKENDS and backend not in _PALLAS_BACKENDS[impl] and not interpret:
         raise ValueError(
-            f"gated_delta_rule: impl={impl!r} needs a {'/'.join(_PALLAS_BACKENDS[impl])} backend but the default "
+            f"gated_delta_rule: impl={impl!r} needs a {'/'.join(_PALLAS_BACKENDS[impl])} backend but the target "
             f"backend is {backend!r}; pass interpret=True to emulate the kernel, or use impl='chunked'"
         )
     return impl
 
 
-def _core(impl: str, interpret: bool):
+def _core(impl: str, backend: str, interpret: bool):
     if impl == "recurrent":
         from qwen35_jax.ops.gated_delta_rule.reference import recurrent_core
 
@@ -105,7 +109,7 @@ def _core(impl: str, interpret: bool):
     if impl == "chunked":
         from qwen35_jax.ops.gated_delta_rule.chunked import chunked_core
 
-        return chunked_core
+        return functools.partial(chunked_core, backend=backend)
     module_name = f"qwen35_jax.ops.gated_delta_rule.{impl}"
     try:
         module = importlib.import_module(module_name)
@@ -133,9 +137,10 @@ def gated_delta_rule(
     segment_ids: jax.Array | None = None,
     use_qk_l2norm: bool = True,
     impl: str = "auto",
+    backend: str | None = None,
     interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Gated delta rule over a sequence (spec §2.4).
+    """Gated delta rule over a sequence (numerics §2.4).
 
     Args:
       q, k: ``[B, T, Hk, dk]``.  v: ``[B, T, Hv, dv]`` with ``Hv`` a multiple of ``Hk`` (value head ``j`` uses key
@@ -146,13 +151,16 @@ def gated_delta_rule(
       segment_ids: ``[B, T]`` int; the state resets wherever the id changes (packed documents).
       use_qk_l2norm: L2-normalise q and k (eps 1e-6 inside the rsqrt) before scaling.
       impl: "auto" (Pallas on TPU/GPU, chunked on CPU), "recurrent", "chunked", "pallas_tpu" or "pallas_gpu".
+      backend: the target backend ("cpu", "gpu", "tpu"; None: ``jax.default_backend()``) that ``impl="auto"`` and
+        the chunked core's work size are chosen for.
       interpret: run a Pallas core in interpret mode (allows it on any backend).
 
     Returns:
       ``(o, final_state)``: o ``[B, T, Hv, dv]`` in v's dtype; final_state fp32 ``[B, Hv, dk, dv]`` or None.
     """
     _validate(q, k, v, g, beta, initial_state, segment_ids, impl)
-    core = _core(resolve_impl(impl, interpret), interpret)
+    backend = backend or jax.default_backend()
+    core = _core(resolve_impl(impl, backend, interpret), backend, interpret)
     out_dtype = v.dtype
     q, k = prepare_qk(q, k, scale, use_qk_l2norm)
     v, g, beta = (x.astype(jnp.float32) for x in (v, g, beta))

@@ -1,4 +1,4 @@
-"""Chunked gated delta rule shared by the Pallas kernels (spec §2.5; numerics §7 items 4 and 8).
+"""Chunked gated delta rule shared by the Pallas kernels (numerics §2.5; numerics §7 items 4 and 8).
 
 Two halves, both used by ``pallas_tpu`` and ``pallas_gpu``:
 

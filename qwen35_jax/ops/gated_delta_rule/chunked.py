@@ -1,4 +1,4 @@
-"""Chunked (WY / UT transform) gated delta rule in pure JAX with a hand-written VJP (spec §2.5).
+"""Chunked (WY / UT transform) gated delta rule in pure JAX with a hand-written VJP (numerics §2.5).
 
 Same core contract as :func:`reference.recurrent_core` (see that module's docstring).
 
@@ -11,9 +11,10 @@ Per value head and chunk of ``C = 64`` positions (``γ`` = in-chunk cumulative l
     U    = Tm (β ⊙ V),   W = Tm (βe ⊙ K),   P = (Q Kᵀ) ⊙ D
     Vn   = U − W S,   O = e ⊙ (Q S) + P Vn,   S' = e_C S + Kᵀ (b ⊙ Vn)
 
-The chunks are processed in groups (``_max_group``): an outer ``lax.scan`` over groups slices the group out of the
-[B, T, H, D] inputs, computes its state-independent terms batched over the group's chunks, then an inner scan carries
-the state through them. Chunk-local tensors therefore exist for one group at a time.
+The chunks are processed in groups (at most ``max_group(backend)`` chunks each, ``backend`` being the target): an
+outer ``lax.scan`` over groups slices the group out of the [B, T, H, D] inputs, computes its state-independent terms
+batched over the group's chunks, then an inner scan carries the state through them. Chunk-local tensors therefore
+exist for one group at a time.
 
 Backward (``jax.custom_vjp``): the forward saves only the inputs and the incoming state of every chunk
 (``[T / 64, dk, dv]`` per head, ``dk / 64`` times the size of ``v``). The backward walks the groups in reverse,
@@ -32,10 +33,11 @@ batches the ``r`` value heads of a group into one matmul, so q/k are never repea
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from qwen35_jax.ops.backend import target_backend
 from qwen35_jax.ops.gated_delta_rule.reference import segment_starts
 
 CHUNK = 64
@@ -43,13 +45,13 @@ ACCELERATOR_GROUP = 16  # chunks per outer step on TPU/GPU: batching a group's c
 _SUB = 16  # diagonal block size of the blocked triangular inverse
 
 
-def _max_group() -> int:
-    """Most chunks per outer step for the target backend.
+def max_group(backend: str) -> int:
+    """Most chunks per outer step for the target ``backend``.
 
     On CPU one chunk per step keeps every operand of the step in cache; batching 16 chunks made forward+backward
     slower, at every size measured (B=1, T=8192, H=16, d=128: 1.45 s vs 1.9 s; B=4, T=512, Hv=8, d=32: 69 vs 89 ms).
     """
-    return 1 if target_backend() == "cpu" else ACCELERATOR_GROUP
+    return 1 if backend == "cpu" else ACCELERATOR_GROUP
 
 
 def _grouping(length: int, max_group: int) -> tuple[int, int]:
@@ -103,8 +105,8 @@ def _unchunk_gate(x):  # [n, B, Hk, r, C] -> [B, n·C, Hv]
 class _Groups:
     """Walks the padded [B, Tp, ...] arrays one group of chunks at a time (dynamic slices, no chunked copies)."""
 
-    def __init__(self, length: int, h_k: int):
-        self.count, self.chunks = _grouping(length, _max_group())
+    def __init__(self, length: int, h_k: int, group: int):
+        self.count, self.chunks = _grouping(length, group)
         self.span = self.chunks * CHUNK
         self.padded = self.count * self.span
         self.h_k = h_k
@@ -206,15 +208,15 @@ def _intra(q, k, v, g, beta, reset):
     return dict(decay=decay, e=e, b=b, kk=kk, qk=qk, tm=tm, p=qk * decay, u=u, w=w, kb=b[..., None] * k_r)
 
 
-def _forward(q, k, v, g, beta, s0, reset, keep_states):
-    """Inputs in the caller's [B, T, ...] layout, s0 [B, Hk, r, dk, dv].
+def _forward(q, k, v, g, beta, s0, reset, keep_states, group):
+    """Inputs in the caller's [B, T, ...] layout, s0 [B, Hk, r, dk, dv]; at most ``group`` chunks per outer step.
 
     Returns o [B, T, Hv, dv], the final state and (if keep_states) the incoming state of every chunk, grouped
     [groups, chunks per group, B, Hk, r, dk, dv]. Outer scan over groups of chunks: the chunk-local algebra runs
     batched over one group, then an inner scan carries the state through the group's chunks.
     """
     length = q.shape[1]
-    grp = _Groups(length, q.shape[2])
+    grp = _Groups(length, q.shape[2], group)
     q, k, v, g, beta, reset = (grp.pad(x) for x in (q, k, v, g, beta, reset))
 
     def group_step(carry, i):
@@ -243,10 +245,11 @@ def _forward(q, k, v, g, beta, s0, reset, keep_states):
 
 
 # The custom VJP takes the [B, T, H, D] inputs, so the residuals are the caller's arrays themselves plus the per-chunk
-# incoming states; the backward slices the chunk-major layout of one group at a time out of them again.
-@jax.custom_vjp
-def _chunked(q, k, v, g, beta, s0, reset):
-    o, final, _ = _forward(q, k, v, g, beta, _grouped_heads(s0, q), reset, keep_states=False)
+# incoming states; the backward slices the chunk-major layout of one group at a time out of them again. ``group``
+# (chunks per outer step) is static.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _chunked(q, k, v, g, beta, s0, reset, group):
+    o, final, _ = _forward(q, k, v, g, beta, _grouped_heads(s0, q), reset, keep_states=False, group=group)
     return o, final.reshape(s0.shape)
 
 
@@ -255,8 +258,8 @@ def _grouped_heads(state, q):  # [B, Hv, dk, dv] -> [B, Hk, r, dk, dv]
     return state.reshape(batch, q.shape[2], h_v // q.shape[2], d_k, d_v)
 
 
-def _chunked_fwd(q, k, v, g, beta, s0, reset):
-    o, final, s_in = _forward(q, k, v, g, beta, _grouped_heads(s0, q), reset, keep_states=True)
+def _chunked_fwd(q, k, v, g, beta, s0, reset, group):
+    o, final, s_in = _forward(q, k, v, g, beta, _grouped_heads(s0, q), reset, keep_states=True, group=group)
     return (o, final.reshape(s0.shape)), (q, k, v, g, beta, reset, s_in)
 
 
@@ -330,11 +333,11 @@ def _group_grads(q, k, v, g, beta, reset, s_in, d_o, gs):
     return d_s0, dq, dk, dv, dg, dbeta
 
 
-def _chunked_bwd(res, cts):
+def _chunked_bwd(group, res, cts):
     q, k, v, g, beta, reset, s_in_all = res
     d_o, d_final = cts
     length = q.shape[1]
-    grp = _Groups(length, q.shape[2])
+    grp = _Groups(length, q.shape[2], group)
     q, k, v, g, beta, reset, d_o = (grp.pad(x) for x in (q, k, v, g, beta, reset, d_o))
 
     def group_step(carry, xs):
@@ -355,10 +358,11 @@ def _chunked_bwd(res, cts):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def chunked_core(q, k, v, g, beta, initial_state=None, segment_ids=None):
-    """Chunked core following the contract in ``reference``: returns (o [B,T,Hv,dv], final_state [B,Hv,dk,dv])."""
+def chunked_core(q, k, v, g, beta, initial_state=None, segment_ids=None, *, backend: str):
+    """Chunked core following the contract in ``reference``: returns (o [B,T,Hv,dv], final_state [B,Hv,dk,dv]).
+    ``backend`` is the target the chunk grouping is sized for (``max_group``)."""
     batch, length, _, d_k = q.shape
     if initial_state is None:
         initial_state = jnp.zeros((batch, v.shape[2], d_k, v.shape[3]), jnp.float32)
     reset = segment_starts(segment_ids, batch, length).astype(jnp.float32)
-    return _chunked(q, k, v, g, beta, initial_state.astype(jnp.float32), reset)
+    return _chunked(q, k, v, g, beta, initial_state.astype(jnp.float32), reset, max_group(backend))

@@ -1,4 +1,4 @@
-"""Gated delta rule as Pallas GPU kernels (Triton lowering), forward and backward (spec §2.5; math in ``chunk_math``).
+"""Gated delta rule as Pallas GPU kernels (Triton lowering), forward and backward (numerics §2.5; math: ``chunk_math``).
 
 GPU thread blocks have no sequential grid axis, so each program owns one (batch, value head, value tile) and walks
 the chunks itself in a ``fori_loop`` with the fp32 state [dk, block_dv] as the loop carry (registers / shared

@@ -1,4 +1,4 @@
-"""Gated delta rule as Pallas Mosaic (TPU) kernels, forward and backward (spec §2.5; math in ``chunk_math``).
+"""Gated delta rule as Pallas Mosaic (TPU) kernels, forward and backward (numerics §2.5; math in ``chunk_math``).
 
 Three ``pallas_call``s, each on the grid (batch, value head, value tile, chunk) with the chunk walk last and
 "arbitrary", the others "parallel" (split across the TensorCores of a megacore chip):

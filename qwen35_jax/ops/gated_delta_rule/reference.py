@@ -1,4 +1,4 @@
-"""Token-by-token gated delta rule (spec §2.4): the reference every other implementation is tested against.
+"""Token-by-token gated delta rule (numerics §2.4): the reference every other implementation is tested against.
 
 Core contract shared by every implementation in this package (``recurrent``, ``chunked``, Pallas):
 

@@ -10,7 +10,7 @@ with one ``psum`` after the combine.
 Dispatches:
 
 * ``local`` (mesh without an expert axis, tokens sharded): every device runs all experts on its own tokens with the
-  single-device grouped matmuls (``local_experts``); no token crosses devices.
+  single-device grouped matmuls (``grouped.local_experts``); no token crosses devices.
 * ``dropless``: every device sorts its assignments by expert, ``ragged_all_to_all`` sends each expert's rows to its
   owner, which receives them already grouped by local expert (``ragged_plan``), runs grouped matmuls
   (``ragged_dot``) and sends the rows back the same way. The receive buffer is the worst case (every assignment of
@@ -39,10 +39,10 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.model.moe import grouped_swiglu, local_experts, swiglu_experts
+from qwen35_jax.ops.moe.grouped import grouped_swiglu, local_experts, swiglu_experts
 from qwen35_jax.parallel.rules import Rule, as_axes, spec_for
+from qwen35_jax.parallel.runtime import Runtime
 
-ACCELERATORS = ("tpu", "gpu", "cuda", "rocm")  # platforms that implement ragged_all_to_all (XLA:CPU does not)
 ragged_all_to_all = jax.lax.ragged_all_to_all  # module attribute so tests can substitute a CPU emulation
 
 
@@ -81,7 +81,7 @@ def ragged_plan(counts: jax.Array, me: jax.Array, buffer: int) -> tuple[RaggedPl
 
 
 def _ragged(tokens: jax.Array, experts: jax.Array, params: Sequence[jax.Array], axes: tuple[str, ...], ep: int,
-            buffer: int, platform: str) -> tuple[jax.Array, jax.Array]:
+            buffer: int, backend: str) -> tuple[jax.Array, jax.Array]:
     """Per-device body of the ragged dispatch; returns per-assignment outputs ``[n, k, H]`` and the dropped count."""
     n, hidden = tokens.shape
     k = experts.shape[1]
@@ -93,7 +93,7 @@ def _ragged(tokens: jax.Array, experts: jax.Array, params: Sequence[jax.Array], 
     dispatch, back, group_sizes, dropped = ragged_plan(everyone, jax.lax.axis_index(axes), buffer)
     received = ragged_all_to_all(tokens[order // k], jnp.zeros((buffer, hidden), tokens.dtype), *dispatch,
                                  axis_name=axes)
-    out = grouped_swiglu(received, group_sizes, *params, platform=platform)
+    out = grouped_swiglu(received, group_sizes, *params, backend)
     returned = ragged_all_to_all(out, jnp.zeros((n * k, hidden), out.dtype), *back, axis_name=axes)
     per_assignment = jnp.zeros_like(returned).at[order].set(returned).reshape(n, k, hidden)
     return per_assignment, dropped
@@ -125,12 +125,14 @@ def _capacity(tokens: jax.Array, experts: jax.Array, params: Sequence[jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class ExpertParallel:
-    """Static ``SparseMoE.expert_parallel`` hook: ``(x, weights, experts, gate, up, down) -> (routed, dropped)``."""
+    """``SparseMoE.expert_parallel``, chosen when the layer is built: ``(x, weights, experts, gate, up, down) ->
+    (routed, dropped)``. Frozen and hashable: a static attribute of the module (part of its graphdef)."""
 
     mesh: Mesh
     rules: tuple[Rule, ...]
     dispatch: str  # "local" | "dropless" | "ragged" | "capacity"
     capacity_factor: float
+    backend: str  # the target backend: picks the grouped-matmul kernel
 
     def specs(self, x_shape: Sequence[int | None], gate_shape: Sequence[int], down_shape: Sequence[int]
               ) -> tuple[P, P, P]:
@@ -164,13 +166,12 @@ class ExpertParallel:
         def body(x, weights, experts, gate, up, down):
             batch, length, hidden = x.shape
             tokens, experts, weights = x.reshape(-1, hidden), experts.reshape(-1, top_k), weights.reshape(-1, top_k)
-            platform = self.mesh.devices.flat[0].platform
             if self.dispatch == "local":
-                routed = local_experts(tokens, weights, experts, gate, up, down, platform)
+                routed = local_experts(tokens, weights, experts, gate, up, down, self.backend)
                 dropped = jnp.zeros((), jnp.int32)
             else:
                 dispatch = functools.partial(_capacity, capacity=capacity) if self.dispatch == "capacity" else \
-                    functools.partial(_ragged, buffer=buffer, platform=platform)
+                    functools.partial(_ragged, buffer=buffer, backend=self.backend)
                 per_assignment, dropped = dispatch(tokens, experts, (gate, up, down), expert_axes, ep)
                 routed = jnp.einsum("nkh,nk->nh", per_assignment.astype(jnp.float32), weights)
             if mlp_axes:
@@ -181,14 +182,18 @@ class ExpertParallel:
                              out_specs=(token_spec, P()))(x, weights, experts, gate, up, down)
 
 
-def expert_parallel_for(config: ModelConfig, mesh: Mesh, rules: tuple[Rule, ...], dispatch: str,
-                        capacity_factor: float) -> ExpertParallel | None:
-    """The hook for ``config``'s MoE layers on ``mesh``; None when neither tokens nor experts are sharded.
+def expert_parallel_for(config: ModelConfig, runtime: Runtime) -> ExpertParallel | None:
+    """The dispatch of ``config``'s MoE layers on ``runtime.mesh``; None without a mesh, for a dense model, or when
+    neither tokens nor experts are sharded.
 
-    Without expert axes the dispatch is ``local``; otherwise ``dispatch="auto"`` picks dropless on TPU/GPU meshes and
-    capacity on CPU (XLA:CPU lacks the ragged_all_to_all that dropless and ragged use). Raises ValueError (before
-    anything compiles) when the experts do not divide over the expert axes or the token / expert axes disagree.
+    Without expert axes the dispatch is ``local``; otherwise ``runtime.expert_dispatch="auto"`` picks dropless on a
+    TPU/GPU backend and capacity on CPU (XLA:CPU lacks the ragged_all_to_all that dropless and ragged use). Raises
+    ValueError (before anything compiles) when the experts do not divide over the expert axes or the token / expert
+    axes disagree.
     """
+    mesh, rules, dispatch = runtime.mesh, tuple(runtime.rules), runtime.expert_dispatch
+    if mesh is None or not config.is_moe:
+        return None
     gate_shape = (config.num_experts, config.hidden_size, config.moe_intermediate_size)
     expert_axes = as_axes(spec_for(("expert",), gate_shape[:1], mesh, rules, "SparseMoE.experts_gate")[0])
     token_spec = spec_for(("act_batch", "act_seq"), (None, None), mesh, rules, "MoE tokens")
@@ -197,11 +202,12 @@ def expert_parallel_for(config: ModelConfig, mesh: Mesh, rules: tuple[Rule, ...]
             return None
         dispatch = "local"
     elif dispatch == "auto":
-        dispatch = "dropless" if mesh.devices.flat[0].platform in ACCELERATORS else "capacity"
-    elif dispatch in ("dropless", "ragged") and mesh.devices.flat[0].platform not in ACCELERATORS:
+        dispatch = "dropless" if runtime.is_accelerator else "capacity"
+    elif dispatch in ("dropless", "ragged") and not runtime.is_accelerator:
         raise ValueError(f"config.mesh.expert_dispatch={dispatch!r} needs ragged_all_to_all, which the "
-                         f"{mesh.devices.flat[0].platform!r} backend lacks: use 'capacity' (or 'auto') there")
-    hook = ExpertParallel(mesh=mesh, rules=tuple(rules), dispatch=dispatch, capacity_factor=capacity_factor)
+                         f"{runtime.backend!r} backend lacks: use 'capacity' (or 'auto') there")
+    hook = ExpertParallel(mesh=mesh, rules=rules, dispatch=dispatch, capacity_factor=runtime.capacity_factor,
+                          backend=runtime.backend)
     down_shape = (config.num_experts, config.moe_intermediate_size, config.hidden_size)
     hook.specs((None, None, config.hidden_size), gate_shape, down_shape)
     return hook

@@ -1,0 +1,45 @@
+"""A trained model back from its workdir, on the mesh of its experiment config (``experiments.eval`` / ``generate``).
+
+  runtime = runtime_from_config(config)                   # config.mesh on the local devices
+  model, meta = restore_model(workdir, runtime, step=None)
+
+The model is built by the same constructor as in training (``model.build``) with the runtime of ``config.mesh``, and
+the checkpoint's parameters are placed with the logical rules' shardings, so evaluation and decoding run the same
+sharded kernels (expert dispatch, Pallas gated delta rule) as the training step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.model.build import build_model, validate_model
+from qwen35_jax.parallel.mesh import MeshConfig, build_mesh
+from qwen35_jax.parallel.rules import state_shardings
+from qwen35_jax.parallel.runtime import Runtime
+from qwen35_jax.train.checkpoint import load_meta, load_params
+
+
+def runtime_from_config(config: ml_collections.ConfigDict | None) -> Runtime:
+    """The runtime of ``config.mesh`` on this process's devices (no config or no mesh: all devices on fsdp)."""
+    mesh_config = MeshConfig.from_config(config.get("mesh") if config is not None else None)
+    return Runtime.for_mesh(build_mesh(mesh_config), mesh_config)
+
+
+def restore_model(workdir: str | os.PathLike, runtime: Runtime, step: int | None = None,
+                  dtype: str | None = None) -> tuple[Qwen35ForCausalLM, dict[str, Any]]:
+    """The model of checkpoint ``step`` (default: the newest readable one) of ``workdir`` and the checkpoint's
+    metadata; ``dtype`` overrides the compute dtype."""
+    directory, meta = load_meta(workdir, step)
+    model_config, params = load_params(directory)
+    if dtype is not None:
+        model_config = model_config.replace(dtype=dtype)
+    validate_model(model_config, runtime)
+    graphdef, abstract_params, rest = nnx.split(build_model(model_config, runtime, abstract=True), nnx.Param, ...)
+    params = jax.device_put(params, state_shardings(abstract_params, runtime.mesh, runtime.rules))
+    return nnx.merge(graphdef, params, rest), meta

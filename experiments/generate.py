@@ -56,6 +56,7 @@ def load_model(dtype: str):
 
         config = load_experiment_config(_WORKDIR.value)
     runtime = runtime_from_config(config)
+    print("mesh: " + (", ".join(f"{k}={v}" for k, v in runtime.mesh.shape.items() if v > 1) or "one device"))
     if _WORKDIR.value:
         from qwen35_jax.data import CompactVocab
         from qwen35_jax.data.text_dataset import VOCAB_FILE

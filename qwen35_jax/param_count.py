@@ -8,7 +8,8 @@ import numpy as np
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.model.build import build_model
+from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.presets import PUBLISHED_TOTALS
 
 
@@ -27,7 +28,7 @@ class ParamCounts:
 
 
 def count_parameters(config: ModelConfig) -> ParamCounts:
-    abstract = nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))
+    abstract = build_model(config, Runtime.local(), abstract=True)
     parts = {"text": 0, "vision": 0, "mtp": 0}
     routed = 0
     for path, param in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):

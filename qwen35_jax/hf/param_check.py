@@ -12,7 +12,8 @@ from flax import nnx
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.hf.orbax_io import ParamReader, StateReader, leaf_name
 from qwen35_jax.hf.safetensors_io import CheckpointError
-from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.model.build import build_model
+from qwen35_jax.parallel.runtime import Runtime
 
 SHOWN = 40  # items listed per kind of problem
 
@@ -29,7 +30,7 @@ def describe_problems(problems: dict[str, list[str]]) -> str:
 
 def abstract_params(config: ModelConfig) -> dict:
     """The model's parameters as a nested pure dict of ShapeDtypeStructs (nothing allocated)."""
-    abstract = nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))
+    abstract = build_model(config, Runtime.local(), abstract=True)
     return nnx.to_pure_dict(nnx.state(abstract))
 
 

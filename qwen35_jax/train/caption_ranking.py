@@ -30,7 +30,8 @@ from qwen35_jax.data.captions import (
     rank_metrics,
     score_candidates,
 )
-from qwen35_jax.model import Qwen35ForCausalLM
+from qwen35_jax.model.build import build_model
+from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.losses import token_nll
 
 MODEL_FIELDS = ("input_ids", "segment_ids", "positions", "pixel_values")
@@ -44,7 +45,7 @@ def caption_log_likelihood(logits: jax.Array, targets: jax.Array, loss_mask: jax
 @functools.cache
 def _scorer(model_config: ModelConfig, grid: tuple) -> Callable:
     """One compiled scorer per (model config, image grid): the grid is a static value of the vision tower."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen35ForCausalLM(model_config, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(build_model(model_config, Runtime.local(), abstract=True))
     grid_array = np.asarray(grid, np.int64)
 
     @jax.jit

@@ -18,7 +18,8 @@ before it: a workdir whose newest checkpoint holds another model (a rerun with a
 
   config, params = load_params("runs/demo")            # newest readable checkpoint of a workdir
   config, params = load_params("runs/demo", step=200)  # or a given step; also accepts .../checkpoints[/<step>]
-  model = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0)))), params)
+  model = nnx.merge(nnx.graphdef(build_model(config, Runtime.local(), abstract=True)), params)
+  model, meta = train.restore.restore_model("runs/demo", runtime)   # the same, read onto a mesh
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from flax import nnx
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.text_dataset import VOCAB_FILE
+from qwen35_jax.parallel.rules import state_shardings
+from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.workdir import (  # noqa: F401 - the experiment config helpers are re-exported here
     ABSENT,
     CHECKPOINT_DIR,
@@ -200,19 +203,26 @@ def load_meta(path: str | os.PathLike, step: int | None = None) -> tuple[str, di
     return directory, ocp.load_checkpointables(directory, {"meta": None})["meta"]
 
 
-def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, nnx.State]:
-    """The ModelConfig and parameters (an ``nnx.State`` of ``nnx.Param``, host/default-device arrays) saved by
-    ``experiments.train``; ``path`` is a workdir, its ``checkpoints`` folder or one step directory. The compact
-    vocabulary, if the run used one, is ``vocab_path(meta)`` (``WORKDIR/compact_vocab.json``)."""
+def load_params(path: str | os.PathLike, step: int | None = None,
+                runtime: Runtime | None = None) -> tuple[ModelConfig, nnx.State]:
+    """The ModelConfig and parameters (an ``nnx.State`` of ``nnx.Param``) saved by ``experiments.train``; ``path`` is
+    a workdir, its ``checkpoints`` folder or one step directory. Without ``runtime`` the arrays are host NumPy
+    arrays; with one that has a mesh, each parameter is read straight into its shards of the logical rules (no
+    device holds the whole model). The compact vocabulary, if the run used one, is ``vocab_path(meta)``
+    (``WORKDIR/compact_vocab.json``)."""
     directory, meta = load_meta(path, step)
     config = ModelConfig.from_dict(meta["model_config"])
-    from qwen35_jax.model import Qwen35ForCausalLM  # local: keeps this module light for the data tools
+    from qwen35_jax.model.build import build_model  # local: keeps this module light for the data tools
 
-    abstract = nnx.state(nnx.eval_shape(lambda: Qwen35ForCausalLM(config, rngs=nnx.Rngs(0))), nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    template = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device), abstract)
+    abstract = nnx.state(build_model(config, runtime or Runtime.local(), abstract=True), nnx.Param)
+    if runtime is None or runtime.mesh is None:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+    else:
+        shardings = state_shardings(abstract, runtime.mesh, runtime.rules)
+    template = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), abstract, shardings)
     loaded = ocp.load_checkpointables(directory, {"params": {k: v for k, v in flatten(template).items()}})
-    return config, unflatten(abstract, {k: np.asarray(v) for k, v in loaded["params"].items()})
+    host = runtime is None
+    return config, unflatten(abstract, {k: np.asarray(v) if host else v for k, v in loaded["params"].items()})
 
 
 def vocab_path(checkpoint_dir: str | os.PathLike) -> str | None:

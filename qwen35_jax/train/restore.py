@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import ml_collections
 from flax import nnx
 
+from qwen35_jax.config import ModelConfig
 from qwen35_jax.model import Qwen35ForCausalLM
 from qwen35_jax.model.build import build_model, validate_model
 from qwen35_jax.parallel.mesh import MeshConfig, build_mesh
-from qwen35_jax.parallel.rules import state_shardings
 from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.checkpoint import load_meta, load_params
 
@@ -36,10 +35,9 @@ def restore_model(workdir: str | os.PathLike, runtime: Runtime, step: int | None
     """The model of checkpoint ``step`` (default: the newest readable one) of ``workdir`` and the checkpoint's
     metadata; ``dtype`` overrides the compute dtype."""
     directory, meta = load_meta(workdir, step)
-    model_config, params = load_params(directory)
+    validate_model(ModelConfig.from_dict(meta["model_config"]), runtime)  # before reading any array
+    model_config, params = load_params(directory, runtime=runtime)  # read straight into the mesh's shards
     if dtype is not None:
         model_config = model_config.replace(dtype=dtype)
-    validate_model(model_config, runtime)
-    graphdef, abstract_params, rest = nnx.split(build_model(model_config, runtime, abstract=True), nnx.Param, ...)
-    params = jax.device_put(params, state_shardings(abstract_params, runtime.mesh, runtime.rules))
+    graphdef, _, rest = nnx.split(build_model(model_config, runtime, abstract=True), nnx.Param, ...)
     return nnx.merge(graphdef, params, rest), meta

@@ -131,3 +131,22 @@ def test_eval_and_load_params(reference, env):
     assert vocab_path(reference / "checkpoints" / "8") == str(reference / "compact_vocab.json")
     with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
         load_params(reference, step=7)
+
+
+def _continuations(stdout):
+    return [line for line in stdout.splitlines() if line.startswith(("===", "To be", "Nay"))]
+
+
+def test_generate_from_the_workdir_on_its_saved_mesh(reference, env):
+    """experiments.generate --workdir builds the model on the mesh of the experiment config the run saved (fsdp = all
+    devices): on 2 devices the batch and parameters are sharded and the greedy continuations equal 1 device's."""
+    command = [sys.executable, "-m", "experiments.generate", "--workdir", str(reference), "--prompt", "To be, or not",
+               "--prompt", "Nay, answer me", "--max_new_tokens", "6", "--no_stop"]
+    single = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    sharded = subprocess.run(command, cwd=ROOT, env=two, capture_output=True, text=True, timeout=600)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert "mesh: one device" in single.stdout and "mesh: fsdp=2" in sharded.stdout
+    assert len(_continuations(single.stdout)) == 4
+    assert _continuations(sharded.stdout) == _continuations(single.stdout)

@@ -50,7 +50,7 @@ def cpu_recipe(name: str, preset_name: str, *, seq_len: int = 128, batch_size: i
         name, preset_name,
         model={"dtype": "float32", "param_dtype": "float32", "remat_policy": "full", "gdn_impl": "chunked"},
         data={"corpora": "shakespeare", "seq_len": seq_len, "batch_size": batch_size},
-        train={"steps": 100, "learning_rate": 3e-4, "warmup_steps": 10, "moment_dtype": "bfloat16",
+        train={"steps": 100, "learning_rate": 3e-4, "warmup_steps": 2, "moment_dtype": "bfloat16",
                "loss_chunk": loss_chunk, "log_every": 1, "eval_batches": 1},
         checkpoint={"every": 50, "keep": 2})
 

@@ -40,6 +40,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -255,6 +256,14 @@ def _fmt(value, spec: str) -> str:
     return "-".rjust(width) if value is None else format(value, spec)
 
 
+def resolve_interpreter(name: str) -> str:
+    """``--ref-python``: a bare command name (``python3``) is looked up on PATH like a shell would; a relative path
+    (``.venv-ref/bin/python``) is taken from the repository root; an absolute path as it is."""
+    if os.sep not in name:
+        return shutil.which(name) or name  # not found: the probe then reports the peer as unavailable
+    return name if os.path.isabs(name) else str(REPO / name)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq", default="512,2048,8192", help="comma-separated sequence lengths")
@@ -295,7 +304,7 @@ def main(argv=None) -> int:
         rows.append((sys.executable, pallas))
     else:
         notes.append(f"pallas_tpu / pallas_gpu: skipped on backend {backend!r} (interpret mode is not a benchmark)")
-    ref_python = str((REPO / args.ref_python) if not os.path.isabs(args.ref_python) else args.ref_python)
+    ref_python = resolve_interpreter(args.ref_python)
     probes = {
         "hf-torch": (ref_python, "from transformers.models.qwen3_5.modeling_qwen3_5 import "
                                  "torch_chunk_gated_delta_rule; print(True)",

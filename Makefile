@@ -62,7 +62,7 @@ bench-convert: $(VENV)/.installed  # peak RSS via /usr/bin/time (Debian package 
 $(VENV)/.installed: setup.py
 	@py=$$(tools/find_python.sh 3.12+) && echo "project venv: $$py" && "$$py" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,tpu-aot,vl]"
+	$(PY) -m pip install -q -e ".[test,tpu-aot,vl,notebook]"
 	$(PY) -m pip install -q --no-deps $(CORPORA)
 	$(PY) -m pip install -q pillow==13.0.0  # same as the reference venv (bit-identical image preprocessing)
 	touch $@

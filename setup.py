@@ -25,6 +25,7 @@ setup(
         "tensorboardX>=2.6",
         "array-record>=0.8",
         "pillow>=11",
+        "jinja2>=3.1",  # chat templates of Hub checkpoints (qwen35_jax.data.chat)
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.8"],
@@ -32,5 +33,7 @@ setup(
         "tpu-aot": ["libtpu>=0.0.51"],
         # configs/vl_tiny.py's digits images are scikit-learn's bundled digits.csv.gz (read by path, not imported).
         "vl": ["scikit-learn>=1.5"],
+        # Executing experiments/colab_tiny.ipynb top to bottom (tests/test_colab_notebook.py, Jupyter users).
+        "notebook": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
 )

@@ -11,31 +11,34 @@ caption's log-likelihood given a blank white image (``caption_priors``), removin
 preference for short or frequent captions.
 
 The ranking itself lives in ``qwen35_jax.train.caption_ranking`` (``experiments.train`` also runs it at the end of
-a captions run and logs it as the ``caption_rank`` event of ``metrics.jsonl``).
+a captions run and logs it as the ``caption_rank`` event of ``metrics.jsonl``). A missing checkpoint, a non-captions
+config or a bad flag ends with one ``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 from qwen35_jax.data.captions import prepare_caption_data
 from qwen35_jax.train.caption_ranking import evaluate_ranking, format_results
+from qwen35_jax.train.cli import run
 
 RESULT_FILE = "caption_rank.json"
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import app, flags
 
-    _ = argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir
     if config is None or not workdir:
-        raise SystemExit("both --config (e.g. configs/vl_tiny.py) and --workdir (a training run) are required")
+        raise app.UsageError("both --config (e.g. configs/vl_tiny.py) and --workdir (a training run) are required")
     if config.data.get("kind") != "captions":
-        raise SystemExit(f"config.data.kind={config.data.get('kind')!r}: caption ranking needs kind='captions'")
+        raise ValueError(f"config.data.kind={config.data.get('kind')!r}: caption ranking needs kind='captions' "
+                         "(e.g. configs/vl_tiny.py)")
     from qwen35_jax.train.checkpoint import load_params
 
     model_config, params = load_params(workdir, step=flags.FLAGS.step)
@@ -57,7 +60,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(main, argv=sys.argv)
+    run(main)

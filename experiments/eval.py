@@ -6,7 +6,8 @@ Reads the newest readable checkpoint (or ``--step``) of ``WORKDIR/checkpoints``:
 ModelConfig stored in the checkpoint, on the mesh of the config's ``mesh`` section (as in training); the validation
 documents come from the config's ``data`` section (the same deterministic split, token cache and compact vocabulary
 as training). ``--batches 0`` evaluates every validation row; the default uses ``config.train.eval_batches``
-batches like the training loop. Prints a table and writes ``WORKDIR/eval_step<N>.json``.
+batches like the training loop. Prints a table and writes ``WORKDIR/eval_step<N>.json``. A missing checkpoint, a
+bad config or flag ends with one ``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations

@@ -3,13 +3,17 @@
   python -m experiments.generate --workdir runs/demo --prompt "To be, or not to be" [--max_new_tokens 64]
   python -m experiments.generate --hf_dir path/to/Qwen3.5-0.8B --prompt "..." --temperature 0.7 --top_p 0.9
   python -m experiments.generate --ckpt ckpts/qwen35_0p8b --prompt "..." --top_k 20 --prompt "a second prompt"
+  python -m experiments.generate --hf_dir path/to/Qwen3.5-0.8B --chat --prompt "Give me a short introduction to JAX."
 
 The model runs on the mesh of the experiment config (``config.mesh``: ``--config``, or the config the training run
 saved in its workdir), built by the same constructor as in training. Prompts are encoded with the real Qwen3.5
 tokenizer (``qwen35_jax.data``); a run trained on a compact vocabulary (``WORKDIR/compact_vocab.json``) maps prompt
 ids into it and generated ids back (unknown prompt ids become ``<unk>``). Prints each continuation, then prefill
 time, decode tokens/s and compile time (separately).
-Generation stops at ``<|endoftext|>`` (and ``<|im_end|>``) unless ``--no_stop``.
+``--chat`` sends each prompt as a user turn through the checkpoint's own chat template (``--hf_dir``'s
+``chat_template.jinja``, or ``--chat_template FILE``; non-thinking mode unless ``--thinking``) and prints the rendered
+prompt. Generation stops at ``<|endoftext|>`` (and ``<|im_end|>``) unless ``--no_stop``. A missing checkpoint or a bad
+flag ends with one ``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from qwen35_jax.train.cli import run
 
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
@@ -37,6 +43,10 @@ if __name__ == "__main__":
     _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
     _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
     _NO_STOP = flags.DEFINE_bool("no_stop", False, "do not stop at end-of-text tokens")
+    _CHAT = flags.DEFINE_bool("chat", False, "wrap each prompt in the checkpoint's chat template as a user turn")
+    _CHAT_TEMPLATE = flags.DEFINE_string("chat_template", None, "Jinja chat template file for --chat (default: "
+                                         "--hf_dir's chat_template.jinja / tokenizer_config.json)")
+    _THINKING = flags.DEFINE_bool("thinking", False, "with --chat: let the model think first (enable_thinking)")
 
 STOP_NAMES = ("<|endoftext|>", "<|im_end|>")
 
@@ -70,6 +80,21 @@ def load_model(dtype: str):
     return load_pretrained(_HF_DIR.value or _CKPT.value, dtype=dtype, runtime=runtime), None
 
 
+def chat_prompts(prompts: list[str]) -> list[str]:
+    """Each prompt as a user turn rendered by the chat template of --chat_template or --hf_dir."""
+    from qwen35_jax.data import load_chat_template, render_chat
+
+    if _CHAT_TEMPLATE.value:
+        with open(_CHAT_TEMPLATE.value, encoding="utf-8") as f:
+            template = f.read()
+    elif _HF_DIR.value:
+        template = load_chat_template(_HF_DIR.value)
+    else:
+        raise app.UsageError("--chat needs a chat template: --hf_dir with its tokenizer files, or --chat_template FILE")
+    return [render_chat(template, [{"role": "user", "content": p}], enable_thinking=_THINKING.value)
+            for p in prompts]
+
+
 def main(argv: list[str]) -> None:
     del argv
     if not _PROMPT.value:
@@ -79,22 +104,25 @@ def main(argv: list[str]) -> None:
 
     sampling = SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value)
     tokenizer = get_tokenizer()
+    texts = list(_PROMPT.value)
+    if _CHAT.value:
+        texts = chat_prompts(texts)
     model, vocab = load_model(_DTYPE.value)
-    prompts = [tokenizer.encode(p) for p in _PROMPT.value]
+    prompts = [tokenizer.encode(t, allow_special=_CHAT.value) for t in texts]
     stops = [] if _NO_STOP.value else [tokenizer.special_id(n) for n in STOP_NAMES]
     if vocab is not None:
         prompts = [vocab.to_compact(p).tolist() for p in prompts]
         stops = [int(s) for s in vocab.to_compact(stops) if s != 0]
     generator = Generator(model, sampling, stop_tokens=stops)
     result = generator(prompts, _MAX_NEW.value, seed=_SEED.value)
-    for prompt, tokens in zip(_PROMPT.value, result.tokens, strict=True):
+    for prompt, shown, tokens in zip(_PROMPT.value, texts, result.tokens, strict=True):
         text = vocab.decode(tokens, tokenizer.decode) if vocab is not None else tokenizer.decode(
-            [t for t in tokens if t < tokenizer.vocab_size])
-        print(f"=== {prompt!r}\n{prompt}{text}\n")
+            tokens, drop_padding=True)
+        print(f"=== {prompt!r}\n{shown}{text}\n")  # with --chat, shown = the rendered prompt
     print(f"prefill {result.prefill_s * 1e3:.1f} ms | decode {result.decode_steps} steps x {len(prompts)} rows: "
           f"{result.decode_tokens_per_s:.1f} tokens/s | compile {result.compile_s:.1f} s")
     sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

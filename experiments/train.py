@@ -4,6 +4,9 @@
 
 Rerunning the same command resumes from the newest readable checkpoint in ``DIR/checkpoints``; a rerun whose model
 config differs from the checkpoints' exits with status 1 naming the fields, before anything is written or renamed.
+Ctrl-C (or SIGTERM) saves a checkpoint at the next step boundary and exits with one line naming it (status 130 for
+Ctrl-C, 0 for SIGTERM); a second Ctrl-C exits at once. A bad config, override or workdir ends with one
+``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback; see ``qwen35_jax.train.cli``).
 Writes ``DIR/experiment_config.json`` (the config, kept on resume), ``DIR/metrics.jsonl``, TensorBoard events in
 ``DIR/tensorboard``, ``DIR/curves.png`` at the end, the token cache (ArrayRecord) in ``DIR/token_cache`` and the
 compact vocabulary ``DIR/compact_vocab.json``. See ``qwen35_jax.train.loop`` for the loop and
@@ -12,12 +15,9 @@ compact vocabulary ``DIR/compact_vocab.json``. See ``qwen35_jax.train.loop`` for
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from qwen35_jax.train.checkpoint import WorkdirConfigMismatchError
 from qwen35_jax.train.cli import run
 from qwen35_jax.train.config_schema import validate_config
 from qwen35_jax.train.loop import train_and_evaluate
@@ -37,10 +37,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("both --config (e.g. configs/tiny.py) and --workdir (e.g. runs/demo) are required")
-    try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except WorkdirConfigMismatchError as error:  # a changed config.model in an old workdir: short message, exit 1
-        sys.exit(f"error: {error}")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

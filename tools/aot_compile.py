@@ -18,7 +18,9 @@ chip, and the step time is the compiler's time estimate scaled by the same facto
 (``train.flops``) / (chips · peak bf16 FLOP/s · that step time). The last line reads e.g.
 ``per-chip total: 61.20 GiB of 88.5 GiB HBM (fits)``. ``XLA_FLAGS=--xla_dump_to=DIR`` also makes the compiler write
 ``*memory-usage-report.txt`` (the largest buffers). ``--sweep`` prints one Markdown row per config variant (the
-README's table).
+README's table); a variant that fails gets a "failed" row and one ``error: ...`` line on stderr (its traceback when
+the failure is not a user error, or with ``QWEN35_JAX_DEBUG=1``). Otherwise a bad config, override or topology ends
+the program with one ``error: ...`` line (``qwen35_jax.train.cli``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ml_collections import config_flags  # noqa: E402
 from qwen35_jax.model.build import validate_model  # noqa: E402
 from qwen35_jax.parallel.mesh import MeshConfig, build_mesh  # noqa: E402
 from qwen35_jax.parallel.runtime import Runtime  # noqa: E402
+from qwen35_jax.train.cli import report_user_error, run  # noqa: E402
 from qwen35_jax.train.config_schema import fill_defaults, validate_config  # noqa: E402
 from qwen35_jax.train.flops import GIB, Accelerator, accelerator_for_topology, training_flops_per_token  # noqa: E402
 from qwen35_jax.train.recipes import load_config_file  # noqa: E402
@@ -201,7 +204,8 @@ def sweep(specs: list[str]) -> None:
         try:
             print(table_row(compile_config(load_config_file(spec))), flush=True)
         except Exception as error:  # one failed compile (e.g. out of HBM) must not end the sweep
-            traceback.print_exc(file=sys.stderr)
+            if report_user_error(error) is None:  # one line for a user error, else the traceback
+                traceback.print_exc(file=sys.stderr)
             print(f"| `{spec}` | failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} |", flush=True)
 
 
@@ -219,4 +223,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, compilation_cache=False)  # the TPU executables compiled here are never run on this host

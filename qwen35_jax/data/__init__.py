@@ -1,7 +1,8 @@
 """Text data: the real Qwen3.5 tokenizer, bundled corpora, compact vocabulary, ArrayRecord token caching, packing
-and the grain training pipeline."""
+the grain training pipeline and chat prompts from a checkpoint's own template."""
 
 from qwen35_jax.data.captions import CaptionData, CaptionDataConfig, prepare_caption_data
+from qwen35_jax.data.chat import load_chat_template, render_chat
 from qwen35_jax.data.corpora import BUNDLED_CORPORA, Corpus, check_corpus_spec, load_corpus, split_documents
 from qwen35_jax.data.packing import PackedRows, fixed_batches, pack_documents, shuffled_batches
 from qwen35_jax.data.pipeline import train_dataset
@@ -14,6 +15,7 @@ __all__ = [
     "BUNDLED_CORPORA", "MODEL_VOCAB_SIZE", "UNK_ID", "CaptionData", "CaptionDataConfig", "CompactVocab", "Corpus",
     "PackedRows", "QwenTokenizer",
     "TextData", "check_corpus_spec", "fixed_batches", "get_tokenizer", "load_corpus", "pack_documents",
-    "parse_corpora", "prepare_text_data", "shuffled_batches", "split_documents", "tokenize_documents", "train_dataset",
+    "load_chat_template", "parse_corpora", "prepare_text_data", "render_chat",
+    "shuffled_batches", "split_documents", "tokenize_documents", "train_dataset",
     "prepare_caption_data",
 ]

@@ -66,9 +66,13 @@ class QwenTokenizer:
             return self._impl.encode(text, allowed_special="all")
         return self._impl.encode(text, allowed_special=set(), disallowed_special=())
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Ids to text; invalid UTF-8 byte sequences (a token cut mid-character) become U+FFFD."""
+    def decode(self, ids: Sequence[int], *, drop_padding: bool = False) -> str:
+        """Ids to text; invalid UTF-8 byte sequences (a token cut mid-character) become U+FFFD. ``drop_padding``
+        leaves out ids of the embedding padding ``[vocab_size, MODEL_VOCAB_SIZE)`` (they have no text; a model's
+        sampled continuation may contain them) instead of raising."""
         ids = [int(i) for i in ids]
+        if drop_padding:
+            ids = [i for i in ids if not self.vocab_size <= i < MODEL_VOCAB_SIZE]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"ids={bad[:5]} are outside the tokenizer vocabulary [0, {self.vocab_size}); ids in "

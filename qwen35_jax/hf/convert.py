@@ -12,16 +12,17 @@ arrays), so a mismatched checkpoint fails with one message listing the offending
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.hf.config_io import config_from_hf, config_to_hf
+from qwen35_jax.hf.config_io import TOKEN_FIELDS, config_from_hf, config_to_hf
 from qwen35_jax.hf.keys import (
     PER_EXPERT,
     checkpoint_rules,
@@ -40,6 +41,11 @@ from qwen35_jax.hf.orbax_io import (
 )
 from qwen35_jax.hf.param_check import abstract_params, check_against_model, flat_paths
 from qwen35_jax.hf.safetensors_io import DTYPES, CheckpointError, checkpoint_files, load_tensor, read_header
+
+if TYPE_CHECKING:  # imported where used: qwen35_jax.data costs ~0.3 s at import, and only exports need it
+    from qwen35_jax.data.vocab import CompactVocab
+
+log = logging.getLogger(__name__)
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32",
                  "f32": "float32", "auto": None}
@@ -259,11 +265,19 @@ class SafetensorsShardWriter:
 
 
 def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, per_expert: bool = False,
-              dtype: str | None = "auto", overwrite: bool = False,
-              max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
+              dtype: str | None = "auto", overwrite: bool = False, max_shard_bytes: int = MAX_SHARD_BYTES,
+              keep_compact_vocab: bool = False) -> list[str]:
     """Write our checkpoint ``ckpt`` (from ``import_hf``, or a training workdir / step directory) as a transformers
-    directory ``out`` (safetensors shards + index + config.json). A run trained on a compact vocabulary exports its
-    compact embedding (``vocab_size`` = the compact size): map ids through its ``compact_vocab.json`` to use it.
+    directory ``out`` (safetensors shards + index + config.json).
+
+    A run trained on a compact vocabulary (its workdir holds ``compact_vocab.json``) is exported in the real Qwen
+    vocabulary of ``MODEL_VOCAB_SIZE`` ids: the embedding (and untied ``lm_head``) row of compact id ``c >= 1`` goes
+    to row ``real_ids[c - 1]``, the ``<unk>`` row is dropped, and the rows of ids the run never saw are zero. The
+    export so gives the run's logits on every id it knows, while those unseen ids get logit exactly 0 (and a zero
+    embedding) and share the softmax; for a model meaningful over all ids, train with
+    ``--config.data.compact_vocab=False``. ``keep_compact_vocab`` writes the compact rows as they are (``vocab_size``
+    = the compact size) and copies ``compact_vocab.json`` next to config.json. A compact run whose mapping file is
+    missing is refused, and the mapping is validated (count, id range) before anything is written.
 
     Experts are written in the Hub's fused layout (``experts.gate_up_proj`` / ``down_proj``), or per expert with
     ``per_expert``. ``dtype`` casts floating tensors; "auto" restores each tensor's dtype in the imported checkpoint
@@ -277,8 +291,15 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, per_expert: bo
     config = reader.config
     hf_dtypes = reader.metadata.get("hf_dtypes") or {}
     check_against_model(reader, config)
+    vocab = run_vocabulary(reader)
+    if keep_compact_vocab and vocab is None:
+        raise CheckpointError(f"{reader.path}: keep_compact_vocab (--keep_compact_vocab) was given, but this is not "
+                              "a run trained on a compact vocabulary (no compact_vocab.json); export without it")
+    expand = vocab is not None and not keep_compact_vocab
+    out_config = real_vocab_config(config, vocab) if expand else config
     text_prefix = VL_TEXT_PREFIX if config.vision is not None else "model."
     rules = checkpoint_rules(config, text_prefix=text_prefix)
+    vocab_rows = {f"{text_prefix}embed_tokens.weight", "lm_head.weight"} if expand else set()
     names = []
     for stacked in rules:
         for name in stacked.rule.hf:
@@ -305,15 +326,102 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, per_expert: bo
                 target = cast or hf_dtypes.get(canonical(PER_EXPERT.sub(_fused_name, name)))
                 if target is not None and (array.dtype.kind == "f" or array.dtype.name == "bfloat16"):
                     array = array.astype(_np_dtype(target), copy=False)
-                writer.add(name, array)
+                writer.add(name, full_vocab_rows(array, vocab) if name in vocab_rows else array)
         files = writer.close()
         with open(os.path.join(staging, "config.json"), "w") as f:
-            json.dump(config_to_hf(config) | {"dtype": cast or _main_dtype(reader)}, f, indent=2)
+            json.dump(config_to_hf(out_config) | {"dtype": cast or _main_dtype(reader)}, f, indent=2)
+        if vocab is not None and keep_compact_vocab:
+            shutil.copyfile(reader.vocab_file, os.path.join(staging, os.path.basename(reader.vocab_file)))
         replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if expand:
+        log.warning("%s was trained on a compact vocabulary of %d ids: exported into the full %d-id vocabulary. "
+                    "The %d ids the run never saw have zero embeddings and logit exactly 0, so the softmax over all "
+                    "ids includes them; train with --config.data.compact_vocab=False for a model meaningful over "
+                    "every id (or export with --keep_compact_vocab)", ckpt, vocab.size - 1,
+                    out_config.vocab_size, out_config.vocab_size - vocab.size + 1)
     return files
+
+
+def run_vocabulary(reader: ParamReader | StateReader) -> CompactVocab | None:
+    """The validated ``CompactVocab`` of a training run trained on one, else None.
+
+    Raises ``CheckpointError`` for a compact run (fewer embedding rows than the Qwen vocabulary) whose mapping file
+    is missing, and for a mapping that does not fit the checkpoint (real ids past the vocabulary, wrong count).
+    Runs on real ids (their metadata says so) and converted checkpoints (``import_hf``) keep their vocabulary.
+    """
+    from qwen35_jax.data.tokenizer import MODEL_VOCAB_SIZE, get_tokenizer
+    from qwen35_jax.data.vocab import CompactVocab
+
+    if not isinstance(reader, StateReader):
+        return None
+    rows = reader.config.vocab_size
+    if reader.vocab_file is None:  # real ids: training checks rows >= the tokenizer's ids; a checkpoint made otherwise
+        if rows < MODEL_VOCAB_SIZE and rows < get_tokenizer().vocab_size:
+            raise CheckpointError(f"{reader.path}: a run on real Qwen ids whose embedding has only {rows} rows, "
+                                  f"fewer than the {get_tokenizer().vocab_size} ids the Qwen tokenizer produces; "
+                                  "train with --config.data.compact_vocab=True or a full vocabulary")
+        return None
+    if not os.path.exists(reader.vocab_file):
+        if rows < MODEL_VOCAB_SIZE:
+            name = os.path.basename(reader.vocab_file)
+            raise CheckpointError(
+                f"{reader.path}: the embedding has {rows} rows, fewer than the {MODEL_VOCAB_SIZE} ids of the Qwen "
+                f"vocabulary, and there is no {name} mapping them to real ids (expected at {reader.vocab_file}, in "
+                f"the run's workdir). Put the run's {name} back there (export the workdir, not a copied step "
+                "directory), or train with --config.data.compact_vocab=False")
+        return None
+    try:
+        vocab = CompactVocab.load(reader.vocab_file)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{reader.vocab_file}: unreadable compact vocabulary ({e})") from e
+    problems = []
+    if vocab.size != rows:
+        problems.append(f"it maps {vocab.size - 1} ids but the checkpoint's embedding has {rows} rows (<unk> + "
+                        f"{rows - 1} ids)")
+    if int(vocab.real_ids.max()) >= MODEL_VOCAB_SIZE:
+        problems.append(f"real id {int(vocab.real_ids.max())} is outside the Qwen vocabulary [0, {MODEL_VOCAB_SIZE})")
+    if problems:
+        raise CheckpointError(f"{reader.vocab_file} does not belong to the checkpoint {reader.path}: "
+                              f"{'; '.join(problems)}. Export the workdir the checkpoint was trained in")
+    return vocab
+
+
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", *TOKEN_FIELDS)
+
+
+def real_vocab_config(config: ModelConfig, vocab: CompactVocab) -> ModelConfig:
+    """``config`` in the real vocabulary: ``vocab_size = MODEL_VOCAB_SIZE`` and special-token ids mapped to real ids.
+
+    Caption runs store their special ids (vision tokens, eos) as compact ids: an id in ``[1, compact size)`` is
+    mapped. Larger ids (the ModelConfig defaults, the real ids a text run's config names: every Qwen special id is
+    >= 248,044) are real already, and so is 0 (a run never gives a special token the ``<unk>`` id).
+    """
+    from qwen35_jax.data.tokenizer import MODEL_VOCAB_SIZE
+
+    def real(token: int) -> int:
+        return int(vocab.real_ids[token - 1]) if 0 < token < vocab.size else token
+
+    changes: dict[str, Any] = {"vocab_size": MODEL_VOCAB_SIZE}
+    for name in TOKEN_ID_FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, int):
+            changes[name] = real(value)
+        elif value is not None:
+            changes[name] = tuple(real(t) for t in value)
+    return config.replace(**changes)
+
+
+def full_vocab_rows(array: np.ndarray, vocab: CompactVocab) -> np.ndarray:
+    """Compact-vocabulary rows ``[V', ...]`` scattered into the real vocabulary ``[MODEL_VOCAB_SIZE, ...]``: row
+    ``c >= 1`` to row ``real_ids[c - 1]``; the ``<unk>`` row is dropped, unseen ids get zero rows."""
+    from qwen35_jax.data.tokenizer import MODEL_VOCAB_SIZE
+
+    full = np.zeros((MODEL_VOCAB_SIZE, *array.shape[1:]), array.dtype)
+    full[vocab.real_ids] = array[1:]
+    return full
 
 
 def _fused_name(match: re.Match) -> str:

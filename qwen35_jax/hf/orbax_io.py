@@ -229,10 +229,14 @@ class ParamReader:
 
 
 class StateReader:
-    """``ParamReader``'s interface over parameters already in memory (a training checkpoint, ``load_params``)."""
+    """``ParamReader``'s interface over parameters already in memory (a training checkpoint, ``load_params``).
 
-    def __init__(self, path: str, config: ModelConfig, params: Mapping):
-        self.path, self.config, self.metadata = path, config, {}
+    ``vocab_file``: where the run's compact vocabulary file belongs (``WORKDIR/compact_vocab.json``; it may be
+    missing), or None for a run on real Qwen ids.
+    """
+
+    def __init__(self, path: str, config: ModelConfig, params: Mapping, vocab_file: str | None = None):
+        self.path, self.config, self.metadata, self.vocab_file = path, config, {}, vocab_file
         self._leaves: dict[tuple[str, ...], np.ndarray] = {}
 
         def walk(tree: Mapping, prefix: tuple[str, ...]) -> None:
@@ -265,10 +269,17 @@ def open_params(path: str | os.PathLike) -> ParamReader | StateReader:
     try:
         from flax import nnx
 
-        from qwen35_jax.train.checkpoint import load_params
+        from qwen35_jax.data.text_dataset import VOCAB_FILE
+        from qwen35_jax.train.checkpoint import load_meta, load_params
 
-        config, state = load_params(path)
+        directory, meta = load_meta(path)
+        directory = os.path.abspath(directory)
+        config, state = load_params(directory)
     except (ImportError, FileNotFoundError, ValueError) as e:
         raise CheckpointError(f"{path}: neither a checkpoint written by tools.convert_hf import nor a training run "
                               f"({e})") from e
-    return StateReader(path, config, nnx.to_pure_dict(state))
+    # meta["vocab_file"] is None for a run on real ids (a stray file in its workdir is then ignored); checkpoints
+    # older than that key look for the file. The workdir is two levels above WORKDIR/checkpoints/<step>.
+    name = meta.get("vocab_file", VOCAB_FILE)
+    vocab_file = os.path.join(os.path.dirname(os.path.dirname(directory)), name) if name else None
+    return StateReader(directory, config, nnx.to_pure_dict(state), vocab_file)

@@ -27,4 +27,6 @@ def activation_sharding_for(runtime: Runtime) -> ActivationSharding | None:
     """The constraint for ``runtime``'s mesh; None without a mesh (one device: nothing to constrain)."""
     if runtime.mesh is None:
         return None
-    return ActivationSharding(runtime.mesh, tuple(runtime.rules))
+    # A batch the data axes cannot split (e.g. one prompt decoded on 8 devices) is replicated instead; the training
+    # batch is checked against the data-parallel size before anything compiles, so it never takes this fallback.
+    return ActivationSharding(runtime.mesh, (*runtime.rules, ("act_batch", ())))

@@ -6,15 +6,18 @@ Same code on CPU, GPU and TPU: the model and batches live on the mesh of ``confi
 default; see ``qwen35_jax.parallel``), each process feeds its rows of the global batch (``parallel.multihost``).
 A rerun of the same command resumes from the newest readable checkpoint in ``WORKDIR/checkpoints`` with the data
 iterator, optimizer and RNG state, so on CPU the losses after a resume equal an uninterrupted run's bit for bit.
-SIGTERM saves a checkpoint and returns cleanly.
+SIGTERM saves a checkpoint and returns cleanly; Ctrl-C saves one and raises ``TrainingInterrupted`` (a
+KeyboardInterrupt), a second Ctrl-C stops at once without saving. Both print one line naming the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -59,26 +62,47 @@ def _local(batch: Batch, sharding: NamedSharding) -> Batch:
     return {k: v[rows] for k, v in batch.items()}
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by ``train_and_evaluate`` after a Ctrl-C once the checkpoint is saved; the message says where it is
+    and that rerunning the same command resumes (``qwen35_jax.train.cli`` prints it as the program's last line)."""
+
+
 class _Stop:
-    """Set by SIGTERM; the loop saves a checkpoint and returns at the next step boundary."""
+    """SIGTERM or a first Ctrl-C (SIGINT) asks the loop to save a checkpoint and stop at the next step boundary; a
+    second Ctrl-C raises KeyboardInterrupt at once, without saving. A SIGINT the process ignores stays ignored."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None  # "SIGTERM" / "SIGINT" once a stop is requested
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
 
     def __enter__(self) -> _Stop:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no signal handling
-            self._previous = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue  # e.g. started in the background by a non-interactive shell
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                break
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if signum == signal.SIGINT:
+            if self.signal_name == "SIGINT":  # the second Ctrl-C: stop now, without saving
+                signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+                raise KeyboardInterrupt
+            with contextlib.suppress(RuntimeError, OSError):  # a handler may interrupt a write to stderr
+                print("Ctrl-C: saving a checkpoint at the next step boundary (Ctrl-C again to stop without saving)",
+                      file=sys.stderr, flush=True)
+        self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -213,15 +237,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                 metrics.write(record, echo=False)
                 print(progress.line(step, record["loss"], record.get("tokens_per_s"), per_step), flush=True)
                 last_time, last_step = now, step
-            if step % config.checkpoint.every == 0 or stop.requested:
+            stopping = stop.requested  # read once: a signal may arrive between the save and the stop
+            if step % config.checkpoint.every == 0 or stopping:
                 check_nonfinite(*pending)  # a checkpoint's metrics are complete up to its step
                 pending = None
                 save(step)
                 saved_step = step
-            if stop.requested:
+            if stopping:
                 checkpoints.wait()
-                metrics.write({"event": "preempted", "step": step})
+                metrics.write({"event": "preempted", "step": step, "signal": stop.signal_name}, echo=False)
                 metrics.close()
+                newest = checkpoints.steps()[-1:]  # the step just saved, unless its state was non-finite
+                saved = os.path.join(checkpoints.directory, str(newest[0])) if newest else "none"
+                how = "Ctrl-C" if stop.signal_name == "SIGINT" else stop.signal_name
+                message = f"stopped at step {step} ({how}); checkpoint: {saved}; rerun the same command to resume"
+                if stop.signal_name == "SIGINT":
+                    raise TrainingInterrupted(message)
+                if jax.process_index() == 0:
+                    print(message, flush=True)
                 return metrics.records
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step != train_cfg.steps:
                 run_validation(step)

@@ -7,7 +7,8 @@ hardware) accepted by ``experiments.train`` / ``eval`` / ``generate`` and ``tool
   sequences, fp32 master weights with bf16 AdamW moments (so the 0.8B fits a 24 GiB machine), LM head in chunks;
 * ``pod_recipe``: a TPU topology (``hardware.topology``) with its mesh, bf16 weights and moments with fp32
   gradients, full per-layer remat, the Pallas TPU gated delta rule, ragged expert dispatch, LM head in chunks,
-  ``batch_per_chip`` sequences of ``seq_len`` tokens per chip.
+  ``batch_per_chip`` sequences of ``seq_len`` tokens per chip; ``multihost.enabled`` (every host of the slice runs
+  the same command and ``jax.distributed`` finds the others).
 
 ``select_variant`` implements the big_vision-style ``get_config(arg)``: ``configs/x.py:variant``.
 """
@@ -27,7 +28,7 @@ from qwen35_jax.train.config_schema import DEFAULTS
 
 def experiment(name: str, preset_name: str, *, model: Mapping[str, Any] = (), data: Mapping[str, Any] = (),
                train: Mapping[str, Any] = (), checkpoint: Mapping[str, Any] = (), mesh: Mapping[str, Any] = (),
-               topology: str = "") -> ml_collections.ConfigDict:
+               topology: str = "", multihost: bool = False) -> ml_collections.ConfigDict:
     """A complete experiment config: the preset's model with ``model`` overrides, every other section from the
     schema's defaults with the given overrides."""
     config = ml_collections.ConfigDict()
@@ -40,6 +41,8 @@ def experiment(name: str, preset_name: str, *, model: Mapping[str, Any] = (), da
     config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "sequence": 1, "expert": 1, "tensor": 1,
                                              **dict(mesh)})
     config.hardware = ml_collections.ConfigDict({"topology": topology})
+    # jax.distributed with the cluster's auto-detection (a TPU slice's hosts find each other); see parallel/multihost
+    config.multihost = ml_collections.ConfigDict({"enabled": multihost})
     return config
 
 
@@ -60,7 +63,7 @@ def pod_recipe(name: str, preset_name: str, topology: str, chips: int, mesh: Map
                capacity_factor: float = 1.25) -> ml_collections.ConfigDict:
     """Pre-training on a TPU topology of ``chips`` chips (see the module docstring)."""
     return experiment(
-        name, preset_name, topology=topology,
+        name, preset_name, topology=topology, multihost=True,
         model={"dtype": "bfloat16", "param_dtype": "bfloat16", "remat_policy": "full", "gdn_impl": "pallas_tpu",
                "scan_unroll": 1},
         data={"corpora": "wiki_en", "seq_len": seq_len, "batch_size": batch_per_chip * chips},

@@ -19,13 +19,17 @@ from flax import nnx
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.model import Qwen35ForCausalLM
 from qwen35_jax.model.build import build_model, validate_model
+from qwen35_jax.parallel import multihost
 from qwen35_jax.parallel.mesh import MeshConfig, build_mesh
 from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.checkpoint import load_meta, load_params
 
 
 def runtime_from_config(config: ml_collections.ConfigDict | None) -> Runtime:
-    """The runtime of ``config.mesh`` on this process's devices (no config or no mesh: all devices on fsdp)."""
+    """The runtime of ``config.mesh`` on the devices of every process (``config.multihost`` starts
+    ``jax.distributed`` first, as in training); no config or no mesh: all devices on fsdp."""
+    if config is not None:
+        multihost.initialize(config.get("multihost"))
     mesh_config = MeshConfig.from_config(config.get("mesh") if config is not None else None)
     return Runtime.for_mesh(build_mesh(mesh_config), mesh_config)
 

@@ -110,7 +110,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, env):
                "--config.train.steps=200", "--config.checkpoint.every=1000"]
     # A new session, signalled as a group: what a terminal's Ctrl-C does.
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # a terminal's Ctrl-C reaches a program whose SIGINT is live; a CI job started in the
+                            # background inherits SIGINT ignored, which the trainer (rightly) keeps ignoring
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline and not any("loss" in r for r in _records(tmp_path)):
         time.sleep(0.05)

@@ -16,7 +16,7 @@ REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy pillow==13.
 export JAX_PLATFORMS ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-vl test check-slow lint fixtures setup bench-gdn bench-train bench-decode bench-convert clean
+.PHONY: demo demo-vl ablations test check-slow lint fixtures setup bench-gdn bench-train bench-decode bench-convert clean
 
 demo: $(VENV)/.installed
 	$(PY) -m experiments.train --config configs/tiny.py --workdir runs/demo
@@ -26,6 +26,14 @@ demo: $(VENV)/.installed
 # ending with the held-out caption ranking (~20 min on 2 CPU cores).
 demo-vl: $(VENV)/.installed
 	$(PY) -m experiments.train --config configs/vl_tiny.py --workdir runs/vl_tiny
+
+# The hybrid-design ablation study (README "Ablations"): four sweeps, 3 seeds an arm, results.md + plots in each
+# runs/ablations/<study>; a rerun resumes unfinished points and skips finished ones.
+ABLATIONS := layer_ratio output_gate rotary mtp
+ablations: $(VENV)/.installed
+	for study in $(ABLATIONS); do \
+	  $(PY) -m experiments.sweep --config configs/ablations/$$study.py --workdir runs/ablations/$$study || exit 1; \
+	done
 
 test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .

@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "vocab_size": 248320,  # replaced by the compact vocabulary's size when data.compact_vocab
         "hidden_size": 128,
         "num_hidden_layers": 8,
-        "full_attention_interval": 4,  # every 4th layer is gated attention, the rest GDN (3:1)
+        "full_attention_interval": 4,  # every 4th layer is gated attention, the rest GDN (3:1); 0 = all GDN
+        "attn_output_gate": True,  # False: attention without the sigmoid output gate (an ablation, numerics §10)
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 32,
@@ -78,6 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "validation_fraction": 0.05,
         "compact_vocab": True,
         "compact_vocab_max_size": 0,  # 0: every id the training text uses; N: the N - 1 most frequent + <unk>
+        "mqar_fraction": 0.0,  # > 0: that share of each batch's rows are MQAR recall rows (qwen35_jax.data.mqar)
+        "mqar_eval": "",  # e.g. "64x4,128x8": MQAR accuracy per (length x pairs) after training / in experiments.eval
     })
 
     config.train = ml_collections.ConfigDict({
@@ -93,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "grad_accum_steps": 1,
         "z_loss": 0.0,  # e.g. 1e-4: penalise logsumexp(logits)^2
         "aux_loss_coef": -1.0,  # < 0: model.router_aux_loss_coef
+        "mtp_loss_weight": 0.0,  # > 0 (with model.mtp_num_hidden_layers=1): train the MTP head too
         "log_every": 5,
         "eval_every": 0,  # 0: validate only at the start and the end
         "eval_batches": 4,

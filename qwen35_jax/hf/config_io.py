@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from qwen35_jax.config import ModelConfig, VisionConfig
+from qwen35_jax.config import FULL_ATTENTION, ModelConfig, VisionConfig
 
 DEFAULT_MROPE_SECTION = (11, 11, 10)  # what HF falls back to when a Qwen3.5 config omits it (numerics §2.3.1)
 TEXT_MODEL_TYPES = {"qwen3_5_text": "qwen3_5", "qwen3_5_moe_text": "qwen3_5", "qwen3_next": "qwen3_next"}
@@ -32,6 +32,27 @@ VISION_FIELDS = ("depth", "hidden_size", "intermediate_size", "num_heads", "patc
                  "spatial_merge_size", "in_channels", "out_hidden_size", "num_position_embeddings", "hidden_act")
 
 
+def hf_incompatibility(config: ModelConfig) -> str | None:
+    """Why transformers' Qwen3.5 / Qwen3-Next classes cannot hold or run ``config`` (an ablation of ours, numerics
+    §10), or None when they can."""
+    if not config.attn_output_gate:
+        return ("attn_output_gate=False: transformers' Qwen3.5 / Qwen3-Next attention always has the sigmoid output "
+                "gate (its q_proj yields [query | gate] per head), so an ungated model has no transformers form")
+    if FULL_ATTENTION not in config.layer_types:
+        return ("no full-attention layer (full_attention_interval=0 or an all-linear layer_types): transformers' "
+                "Qwen3.5 / Qwen3-Next forward needs at least one (its hybrid cache sizes the mask from one)")
+    return None
+
+
+def check_hf_compatible(config: ModelConfig) -> None:
+    """Raise ValueError when ``config`` has no transformers form (``hf_incompatibility``); before any file is
+    written by a conversion or export."""
+    reason = hf_incompatibility(config)
+    if reason is not None:
+        raise ValueError(f"cannot express this model as a transformers checkpoint: {reason}. Keep it in our orbax "
+                         "checkpoints (training workdirs, experiments.generate / eval load them directly)")
+
+
 def _rope_fields(text: Mapping[str, Any], variant: str) -> dict[str, Any]:
     rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
     out = {
@@ -40,10 +61,11 @@ def _rope_fields(text: Mapping[str, Any], variant: str) -> dict[str, Any]:
     }
     if rope.get("rope_type", "default") != "default":
         raise NotImplementedError(f"rope_type={rope['rope_type']!r} is not supported (only 'default')")
-    if variant == "qwen3_next":
-        out["mrope_section"] = None
-    else:
-        out["mrope_section"] = tuple(rope.get("mrope_section") or DEFAULT_MROPE_SECTION)
+    rotary = int(text.get("head_dim", 256) * out["partial_rotary_factor"])
+    section = tuple(rope.get("mrope_section") or DEFAULT_MROPE_SECTION)
+    # Qwen3-Next and NoPE have no sections; (R/2, 0, 0) is what config_to_hf writes for our 1-D positions (None).
+    one_d = rotary == 0 or (len(section) == 3 and section[1:] == (0, 0) and section[0] == rotary // 2)
+    out["mrope_section"] = None if variant == "qwen3_next" or one_d else section
     return out
 
 
@@ -60,6 +82,10 @@ def model_config_kwargs_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"config.json model_type={model_type!r} is not a Qwen3.5 / Qwen3-Next config; expected one "
                          f"of {known}")
     variant = TEXT_MODEL_TYPES[text.get("model_type", VL_MODEL_TYPES.get(model_type, model_type))]
+    if text.get("attn_output_gate", True) is False:
+        raise ValueError("config.json has attn_output_gate=false, but transformers' Qwen3.5 / Qwen3-Next attention "
+                         "ignores that field and always gates (q_proj holds [query | gate] per head): the weights "
+                         "cannot be an ungated model; remove the field or set it to true")
     if variant == "qwen3_next" and (text.get("decoder_sparse_step", 1) != 1 or text.get("mlp_only_layers")):
         raise NotImplementedError("Qwen3-Next configs with dense layers (decoder_sparse_step != 1 or "
                                   "mlp_only_layers) are not supported: every released checkpoint is all-MoE")
@@ -95,7 +121,8 @@ def config_from_hf(source: str | os.PathLike | Mapping[str, Any], **overrides: A
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """The transformers ``config.json`` dict for ``config`` (text-only ``*ForCausalLM``, or the VL wrapper when
-    ``config.vision`` is set)."""
+    ``config.vision`` is set). Raises ValueError for a model transformers cannot express (``hf_incompatibility``)."""
+    check_hf_compatible(config)
     moe = config.is_moe
     text: dict[str, Any] = {name: getattr(config, name) for name in PLAIN_FIELDS}
     if not moe:
@@ -112,7 +139,10 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         text.update(model_type="qwen3_next", architectures=["Qwen3NextForCausalLM"], decoder_sparse_step=1,
                     mlp_only_layers=[])
         return text
-    text["rope_parameters"].update(mrope_section=list(config.mrope_section), mrope_interleaved=True)
+    # mrope_section=None (1-D positions: every frequency follows the temporal row) is the section (R/2, 0, 0)
+    # exactly, for any positions; transformers would otherwise fill in (11, 11, 10). NoPE writes (0, 0, 0).
+    section = config.mrope_section or (config.rotary_dim // 2, 0, 0)
+    text["rope_parameters"].update(mrope_section=list(section), mrope_interleaved=True)
     text["model_type"] = "qwen3_5_moe_text" if moe else "qwen3_5_text"
     if config.vision is None:
         text["architectures"] = ["Qwen3_5MoeForCausalLM" if moe else "Qwen3_5ForCausalLM"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.hf.config_io import TOKEN_FIELDS, config_from_hf, config_to_hf
+from qwen35_jax.hf.config_io import TOKEN_FIELDS, check_hf_compatible, config_from_hf, config_to_hf
 from qwen35_jax.hf.keys import (
     PER_EXPERT,
     checkpoint_rules,
@@ -289,6 +289,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, per_expert: bo
     cast = resolve_dtype(dtype)
     reader = open_params(ckpt)
     config = reader.config
+    check_hf_compatible(config)  # an ablation transformers cannot express (numerics §10): refused before any write
     hf_dtypes = reader.metadata.get("hf_dtypes") or {}
     check_against_model(reader, config)
     vocab = run_vocabulary(reader)
@@ -324,6 +325,8 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, per_expert: bo
                 tensors = split_expert_group(prefix, tensors[gate_up], tensors[f"{prefix}down_proj"])
             for name, array in tensors.items():
                 target = cast or hf_dtypes.get(canonical(PER_EXPERT.sub(_fused_name, name)))
+                if target is None and not stacked.rule.ours:  # transformers-only constants (keys.absent_shared_expert)
+                    target = _main_dtype(reader)
                 if target is not None and (array.dtype.kind == "f" or array.dtype.name == "bfloat16"):
                     array = array.astype(_np_dtype(target), copy=False)
                 writer.add(name, full_vocab_rows(array, vocab) if name in vocab_rows else array)

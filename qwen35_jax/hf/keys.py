@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from qwen35_jax.config import FULL_ATTENTION, LINEAR_ATTENTION, ModelConfig
+from qwen35_jax.hf.config_io import check_hf_compatible
 
 Arrays = list[np.ndarray]
 Path = tuple[str | int, ...]
@@ -111,6 +112,24 @@ def mlp_rules(prefix: str, ours: Path) -> list[Rule]:
     return [linear(f"{prefix}{name}.weight", ours + (name,)) for name in ("gate_proj", "up_proj", "down_proj")]
 
 
+def absent_shared_expert(prefix: str, hidden: int) -> Rule:
+    """``shared_expert_intermediate_size = 0``: we have no shared expert, transformers always builds one (numerics
+    §10). Its width-0 tensors and gate have no parameter of ours; they are written as empty / zero tensors (the
+    shared output is exactly 0 whatever the gate), and on import the projections must be empty."""
+    names = tuple(f"{prefix}shared_expert.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj"))
+
+    def to_ours(a: Arrays) -> Arrays:
+        if any(x.size for x in a[:3]):
+            raise ValueError("shared_expert_intermediate_size is 0 but the shared expert's projections are not empty")
+        return []
+
+    def to_hf(a: Arrays) -> Arrays:
+        empty = np.zeros((0, hidden), np.float32)
+        return [empty, empty, empty.T, np.zeros((1, hidden), np.float32)]
+
+    return Rule((*names, f"{prefix}shared_expert_gate.weight"), (), to_ours, to_hf)
+
+
 def ffn_rules(config: ModelConfig, prefix: str, ours: Path) -> list[Rule]:
     if not config.is_moe:
         return mlp_rules(prefix, ours)
@@ -119,6 +138,8 @@ def ffn_rules(config: ModelConfig, prefix: str, ours: Path) -> list[Rule]:
     if config.shared_expert_intermediate_size:
         rules += mlp_rules(f"{prefix}shared_expert.", ours + ("shared_expert",))
         rules.append(linear(f"{prefix}shared_expert_gate.weight", ours + ("shared_expert_gate",)))
+    else:
+        rules.append(absent_shared_expert(prefix, config.hidden_size))
     return rules
 
 
@@ -215,7 +236,9 @@ class StackedRule:
 
 
 def checkpoint_rules(config: ModelConfig, text_prefix: str = "model.") -> list[StackedRule]:
-    """Every rule for ``config`` (text stack, head, MTP and vision as the config has them)."""
+    """Every rule for ``config`` (text stack, head, MTP and vision as the config has them); ValueError for a config
+    transformers cannot express (``config_io.hf_incompatibility``)."""
+    check_hf_compatible(config)
     rules = [StackedRule(same(f"{text_prefix}embed_tokens.weight", ("embed_tokens",)), None),
              StackedRule(same(f"{text_prefix}norm.weight", ("norm", "weight")), None)]
     if not config.tie_word_embeddings:

@@ -5,7 +5,8 @@ Layout (what ``ocp.load(path)`` reads back as the nested parameter dict)::
     CKPT/  orbax.checkpoint  _CHECKPOINT_METADATA  commit_success.txt   (orbax; custom_metadata holds the ModelConfig)
            state/_METADATA                                              (orbax tree metadata, np.ndarray leaves)
            state/<dotted nnx path>/zarr.json + chunks                   (one zarr3 array per parameter)
-           config.json                                                  (the transformers config, for humans / export)
+           config.json                                                  (the transformers config, for humans / export;
+                                                                         absent when transformers cannot express it)
 
 Orbax writes the tree metadata from a skeleton of 1-element arrays; every parameter array is then (re)created with
 tensorstore at its full shape with chunks of at most ``CHUNK_BYTES`` that never straddle a stacked block, so a
@@ -32,7 +33,7 @@ import numpy as np
 import tensorstore as ts
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.hf.config_io import config_to_hf
+from qwen35_jax.hf.config_io import config_to_hf, hf_incompatibility
 from qwen35_jax.hf.safetensors_io import CheckpointError
 
 FORMAT = "qwen35_jax.params/1"
@@ -147,8 +148,11 @@ class ParamWriter:
             chunk = chunk_shape(tuple(shape), numpy_dtype(dtype).itemsize, path_ in stacked)
             self._arrays[path_] = ts.open(_zarr_spec(directory, tuple(shape), dtype, chunk), create=True).result()
             self._remaining[path_] = math.prod(shape)
-        with open(os.path.join(self.staging, "config.json"), "w") as f:
-            json.dump(hf_config if hf_config is not None else config_to_hf(config), f, indent=2)
+        if hf_config is None and hf_incompatibility(config) is None:
+            hf_config = config_to_hf(config)
+        if hf_config is not None:  # an ablation transformers cannot express (numerics §10) gets none
+            with open(os.path.join(self.staging, "config.json"), "w") as f:
+                json.dump(hf_config, f, indent=2)
 
     def write(self, path: Path, value: np.ndarray, index: tuple = ()) -> None:
         """Write ``value`` at ``index`` (a tuple of ints/slices on the leading dims) of parameter ``path``."""

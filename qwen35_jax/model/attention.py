@@ -1,5 +1,5 @@
 """Gated full attention with QK-norm, GQA and partial mRoPE (numerics §2.3); the same module serves training (no
-cache) and decoding (with its ``AttentionCache``)."""
+cache) and decoding (with its ``AttentionCache``). ``attn_output_gate=False`` drops the output gate (numerics §10)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def attention_mask(segment_ids: jax.Array, query_segments: jax.Array | None = No
 
 
 class GatedAttention(nnx.Module):
-    """``o_proj((softmax(q kᵀ/√hd) v) ⊙ σ(gate))`` with the gate produced by ``q_proj`` next to each query head."""
+    """``o_proj((softmax(q kᵀ/√hd) v) ⊙ σ(gate))`` with the gate produced by ``q_proj`` next to each query head;
+    without the gate (``attn_output_gate=False``) ``o_proj(softmax(q kᵀ/√hd) v)``."""
 
     def __init__(self, config: ModelConfig, *, runtime: Runtime, rngs: nnx.Rngs):
         h, nq, nkv, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -37,8 +38,11 @@ class GatedAttention(nnx.Module):
         self.head_dim = hd
         self.backend = runtime.backend
         self.block_q = config.attention_block_q
-        # q_proj output per head is [query (hd) | gate (hd)] (per-head interleave, numerics §2.3).
-        self.q_proj = make_param(rngs, (h, nq, 2 * hd), ("embed", "q_heads", "head_dim"), pdt)
+        self.output_gate = config.attn_output_gate
+        # q_proj output per head is [query (hd) | gate (hd)] (per-head interleave, numerics §2.3); the query alone
+        # without the output gate (numerics §10).
+        q_width = 2 * hd if self.output_gate else hd
+        self.q_proj = make_param(rngs, (h, nq, q_width), ("embed", "q_heads", "head_dim"), pdt)
         self.k_proj = make_param(rngs, (h, nkv, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.v_proj = make_param(rngs, (h, nkv, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.o_proj = make_param(rngs, (nq, hd, h), ("q_heads", "head_dim", "embed"), pdt)
@@ -66,17 +70,22 @@ class GatedAttention(nnx.Module):
         return AttentionCache(key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype),
                               valid=jnp.zeros((batch, max_length), bool), index=jnp.zeros((), jnp.int32))
 
-    def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, ...]:
-        """(query, output gate, key, value), each ``[B, T, heads, head_dim]``; q/k normed and rotated."""
+    def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array | None, ...]:
+        """(query, output gate or None, key, value), each ``[B, T, heads, head_dim]``; q/k normed and rotated."""
         query_gate = dense(x, self.q_proj, "bte,ehd->bthd", self.backend)
-        query, gate = query_gate[..., : self.head_dim], query_gate[..., self.head_dim:]
+        if self.output_gate:
+            query, gate = query_gate[..., : self.head_dim], query_gate[..., self.head_dim:]
+        else:
+            query, gate = query_gate, None
         query = apply_partial_rope(self.q_norm(query), cos, sin)
         key = apply_partial_rope(self.k_norm(dense(x, self.k_proj, "bte,ehd->bthd", self.backend)), cos, sin)
         return query, gate, key, dense(x, self.v_proj, "bte,ehd->bthd", self.backend)
 
-    def output(self, attended: jax.Array, gate: jax.Array) -> jax.Array:
-        """Sigmoid output gate, then the output projection."""
-        return dense(attended * jax.nn.sigmoid(gate), self.o_proj, "bthd,hde->bte", self.backend)
+    def output(self, attended: jax.Array, gate: jax.Array | None) -> jax.Array:
+        """Sigmoid output gate (when the layer has one), then the output projection."""
+        if gate is not None:
+            attended = attended * jax.nn.sigmoid(gate)
+        return dense(attended, self.o_proj, "bthd,hde->bte", self.backend)
 
 
 def multihead_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:

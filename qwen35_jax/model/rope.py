@@ -2,6 +2,7 @@
 
 Positions come as three rows (temporal, height, width) per token, ``[3, B, T]``; plain text passes ``[B, T]`` and
 all rows are equal, which reduces to 1-D partial RoPE. Qwen3-Next (``mrope_section=None``) uses the first row only.
+``partial_rotary_factor=0`` (NoPE, numerics §10) gives empty ``[B, T, 0]`` tables and leaves q/k unrotated.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def rope_cos_sin(config: ModelConfig, positions: jax.Array, dtype: jnp.dtype) ->
     if positions.ndim != 3 or positions.shape[0] != 3:
         raise ValueError(f"positions must be [B, T] or [3, B, T]; got shape {positions.shape}")
     rotary = config.rotary_dim
+    if rotary == 0:  # NoPE (numerics §10): empty tables, and apply_partial_rope passes q/k through
+        return jnp.zeros((*positions.shape[1:], 0), dtype), jnp.zeros((*positions.shape[1:], 0), dtype)
     exponents = np.arange(0, rotary, 2).astype(np.float32) / np.float32(rotary)
     inv_freq = np.float32(1.0) / (np.float32(config.rope_theta) ** exponents)  # fp32 like the reference
     axis = mrope_axis_of_frequency(rotary, config.mrope_section)
@@ -43,6 +46,8 @@ def rope_cos_sin(config: ModelConfig, positions: jax.Array, dtype: jnp.dtype) ->
 def apply_partial_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotate the first ``rotary_dim`` channels of ``x [B, T, N, D]`` (rotate-half pairing), pass the rest."""
     rotary = cos.shape[-1]
+    if rotary == 0:  # NoPE: nothing rotates (static shape, so no ops are traced)
+        return x
     rot, rest = x[..., :rotary], x[..., rotary:]
     half = rotary // 2
     rotated_half = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)

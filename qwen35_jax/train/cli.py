@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 import jax
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -135,15 +136,15 @@ def _unknown_key_message(argv: list[str], error: BaseException) -> str:
             "cannot be added from the command line")
 
 
-def _flag_error_message(error: flags.Error) -> str:
+def _flag_error_message(error: flags.Error, flag_values: flags.FlagValues) -> str:
     text = str(error)
     # A config file whose get_config() raised: ml_collections embeds the traceback; keep its last line.
     raised = re.findall(r"^(?:\w+\.)*\w*(?:Error|Exception): (.+)$", text, flags=re.MULTILINE)
     head = re.match(r"flag (--[^=\s]+)=(\S*): ", text)
     if "Error whilst parsing config file" in text and raised:
         return f"{head.group(1)}={head.group(2)}: {raised[-1]}" if head else raised[-1]
-    if head and head.group(1)[2:] in flags.FLAGS:  # a value of the wrong type: say which type is expected
-        expected = flags.FLAGS[head.group(1)[2:]].parser.flag_type()
+    if head and head.group(1)[2:] in flag_values:  # a value of the wrong type: say which type is expected
+        expected = flag_values[head.group(1)[2:]].parser.flag_type()
         return f"{head.group(1)}={head.group(2)}: expected {expected} ({_one_line(text[head.end():])})"
     return _one_line(text)
 
@@ -161,10 +162,10 @@ def _config_file_message(error: OSError, path: str | None = None) -> str:
     return f"config file {path!r} cannot be read: {reason}"
 
 
-def _check_config_files() -> None:
+def _check_config_files(flag_values: flags.FlagValues) -> None:
     """ml_collections defers a config file's load error (an OSError) to the first use of the config: raise it now."""
-    for name in list(flags.FLAGS):
-        flag = flags.FLAGS[name]
+    for name in list(flag_values):
+        flag = flag_values[name]
         if flag.parser.flag_type() != "config object" or flag.value is None:  # not a config-file flag, or unset
             continue
         try:
@@ -175,9 +176,11 @@ def _check_config_files() -> None:
             raise CommandLineError(_config_file_message(error, config_flags.get_config_filename(flag))) from None
 
 
-def _parse(argv: list[str]) -> list[str]:
+def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+    """``flag_values(argv)``, with every unparsable flag or config override raised as one ``CommandLineError``
+    naming it (``QWEN35_JAX_DEBUG=1``: the library's own exception)."""
     try:
-        rest = flags.FLAGS(argv)
+        rest = flag_values(argv)
     except (AttributeError, KeyError) as error:  # ml_collections: an override of a key the config does not have
         if debug_enabled():
             raise
@@ -185,13 +188,27 @@ def _parse(argv: list[str]) -> list[str]:
     except flags.Error as error:
         if debug_enabled():
             raise
-        raise CommandLineError(_flag_error_message(error)) from None
+        raise CommandLineError(_flag_error_message(error, flag_values)) from None
     except OSError as error:  # an override of a config file that failed to load
         if debug_enabled():
             raise
         raise CommandLineError(_config_file_message(error)) from None
-    _check_config_files()
+    _check_config_files(flag_values)
     return rest
+
+
+def load_config_with_overrides(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    """The experiment config ``--config=spec --config.a.b=v ...`` gives a program, parsed by the same
+    ml_collections flag as the programs use (``overrides``: ``a.b=v`` strings), in a fresh flag set."""
+    argv = ["config-check", f"--config={spec}", *[f"--config.{o}" for o in overrides]]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "experiment config", flag_values=flag_values, sys_argv=argv)
+    parse_flags(flag_values, argv)
+    return flag_values.config
+
+
+def _parse(argv: list[str]) -> list[str]:
+    return parse_flags(flags.FLAGS, argv)
 
 
 def enable_compilation_cache() -> str | None:

@@ -15,6 +15,7 @@ import ml_collections
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.captions import CaptionDataConfig
+from qwen35_jax.data.mqar import parse_settings
 from qwen35_jax.data.text_dataset import parse_corpora
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -29,6 +30,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "validation_fraction": 0.05,
         "compact_vocab": True,
         "compact_vocab_max_size": 0,
+        # Multi-query associative recall (qwen35_jax.data.mqar): keys and values are the 2 x mqar_symbols highest
+        # non-special ids of the vocabulary; chance accuracy = 1 / mqar_symbols.
+        "mqar_fraction": 0.0,  # share of each training batch's rows replaced by MQAR rows (0: none)
+        "mqar_train_pairs": (4, 8, 16),  # key-value pairs of a training MQAR row: one of these, drawn per row
+        "mqar_symbols": 64,
+        "mqar_eval": "",  # "<length>x<pairs>,...", e.g. "64x4,128x8": scored after training ("": none)
+        "mqar_eval_examples": 256,  # sequences per evaluation setting
     },
     "train": {
         "steps": 100,
@@ -45,6 +53,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss_chunk": 0,  # LM head + cross-entropy over this many positions at a time (0: the whole sequence)
         "z_loss": 0.0,
         "aux_loss_coef": -1.0,  # < 0: the model's router_aux_loss_coef
+        # > 0: add weight x the MTP head's mean cross-entropy over mtp_depth chained steps (numerics §2.9, §10; needs
+        # model.mtp_num_hidden_layers >= 1). Its logits are computed whole, whatever train.loss_chunk says.
+        "mtp_loss_weight": 0.0,
+        "mtp_depth": 1,
         "log_every": 10,
         "eval_every": 0,  # 0: validate only at the start and the end
         "eval_batches": 4,
@@ -120,6 +132,30 @@ def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     return config
 
 
+def _check_mqar(data: ml_collections.ConfigDict) -> None:
+    """The MQAR fields of a text data section (their vocabulary fit is checked once the vocabulary is built)."""
+    _require(0 <= data.mqar_fraction <= 1, "data.mqar_fraction", data.mqar_fraction,
+             "must be in [0, 1] (0: no MQAR rows in training), e.g. 0.25")
+    _require(data.mqar_symbols >= 1, "data.mqar_symbols", data.mqar_symbols, "must be >= 1, e.g. 64")
+    _require(data.mqar_eval_examples >= 1, "data.mqar_eval_examples", data.mqar_eval_examples, "must be >= 1")
+    settings: list[tuple[str, int, int]] = []
+    if data.mqar_fraction > 0:
+        _require(len(data.mqar_train_pairs) > 0, "data.mqar_train_pairs", data.mqar_train_pairs,
+                 "name at least one number of pairs, e.g. (4, 8, 16)")
+        settings += [("data.mqar_train_pairs", data.seq_len, p) for p in data.mqar_train_pairs]
+    try:
+        settings += [("data.mqar_eval", length, pairs) for length, pairs in parse_settings(data.mqar_eval)]
+    except ValueError as error:
+        _require(False, "data.mqar_eval", data.mqar_eval, str(error))
+    for field, length, pairs in settings:
+        value = data.mqar_train_pairs if field == "data.mqar_train_pairs" else data.mqar_eval
+        _require(1 <= pairs <= data.mqar_symbols, field, value,
+                 f"{pairs} pairs need 1 <= pairs <= data.mqar_symbols={data.mqar_symbols} (a row's keys are distinct)")
+        _require(2 * pairs + 2 <= length, field, value,
+                 f"{pairs} pairs and a query need 2 x pairs + 2 = {2 * pairs + 2} tokens, more than the length "
+                 f"{length}" + (" (data.seq_len)" if field == "data.mqar_train_pairs" else ""))
+
+
 def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """Check every field the loop uses (see the module docstring); returns the model config (its vocab_size is
     replaced later when a compact vocabulary is built)."""
@@ -137,6 +173,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
                  "must be in (0, 1), e.g. 0.05")
         _require(data.compact_vocab_max_size == 0 or data.compact_vocab_max_size >= 3,
                  "data.compact_vocab_max_size", data.compact_vocab_max_size, "use 0 (no cap) or a size >= 3")
+        _check_mqar(data)
     for name in ("steps", "log_every", "eval_batches", "grad_accum_steps", "max_nonfinite_in_a_row"):
         _require(train[name] >= 1, f"train.{name}", train[name], "must be >= 1")
     _require(0 <= train.warmup_steps <= train.steps, "train.warmup_steps", train.warmup_steps,
@@ -154,11 +191,17 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
         _require(train.loss_chunk == 0 or data.seq_len % train.loss_chunk == 0, "train.loss_chunk",
                  train.loss_chunk, f"must divide data.seq_len={data.seq_len} (or be 0)")
     _require(train.z_loss >= 0, "train.z_loss", train.z_loss, "must be >= 0 (0 disables it; e.g. 1e-4)")
+    _require(train.mtp_loss_weight >= 0, "train.mtp_loss_weight", train.mtp_loss_weight,
+             "must be >= 0 (0 disables the MTP loss; e.g. 0.3)")
+    _require(train.mtp_depth >= 1, "train.mtp_depth", train.mtp_depth, "must be >= 1 (chained MTP steps, e.g. 1)")
     _require(data.batch_size % train.grad_accum_steps == 0, "data.batch_size", data.batch_size,
              f"must be a multiple of train.grad_accum_steps={train.grad_accum_steps}")
     _require(ckpt.every >= 1, "checkpoint.every", ckpt.every, "must be >= 1")
     _require(ckpt.keep >= 1, "checkpoint.keep", ckpt.keep, "must be >= 1")
     try:
-        return ModelConfig.from_dict(config.model.to_dict())
+        model_config = ModelConfig.from_dict(config.model.to_dict())
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.model is invalid: {error}") from error
+    _require(train.mtp_loss_weight == 0 or model_config.mtp_num_hidden_layers >= 1, "train.mtp_loss_weight",
+             train.mtp_loss_weight, "needs an MTP head: set model.mtp_num_hidden_layers=1 (or train.mtp_loss_weight=0)")
+    return model_config

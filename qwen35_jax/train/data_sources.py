@@ -7,7 +7,9 @@ batches with ``get_state`` / ``set_state`` (checkpointed), validation batches pe
 ``static_inputs`` (model arguments fixed per number of rows, see ``train.step``) and a ``final_eval`` run on the
 trained parameters. Every batch is rows-first: each field has the batch as its leading axis.
 
-  ``text``      packed documents of text corpora (``qwen35_jax.data.text_dataset``); yields this process's rows.
+  ``text``      packed documents of text corpora (``qwen35_jax.data.text_dataset``); yields this process's rows, a
+                ``data.mqar_fraction`` of them MQAR rows (``qwen35_jax.data.mqar``), and ends with the probes of
+                ``qwen35_jax.train.probes`` (bits per byte per corpus, MQAR accuracy per ``data.mqar_eval`` setting).
   ``captions``  image-caption rows of the tiny VL run (``qwen35_jax.data.captions``); yields global batches (the
                 loop takes this process's rows), and ends with the held-out caption ranking.
 """
@@ -18,14 +20,19 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.data import fixed_batches, pack_documents, prepare_text_data, train_dataset
+from qwen35_jax.data import pack_documents, prepare_text_data, train_dataset
 from qwen35_jax.data.captions import CaptionBatches, prepare_caption_data
+from qwen35_jax.data.mqar import MqarMixer
 from qwen35_jax.data.text_dataset import VOCAB_FILE
+from qwen35_jax.parallel.mesh import MeshConfig
+from qwen35_jax.train.probes import build_probes, format_probes, model_graph, run_probes, text_bands
+from qwen35_jax.train.step import make_eval_step
 
 Batch = dict[str, np.ndarray]
 
@@ -58,11 +65,24 @@ def text_source(config: ml_collections.ConfigDict, model_config: ModelConfig, wo
                          f"{data.vocab_size} ids; set it to {data.vocab_size} or use data.compact_vocab=True")
     rows = pack_documents(data.train, data_cfg.seq_len, drop_remainder=True)
     iterator = iter(train_dataset(rows, global_batch_size=data_cfg.batch_size, seed=data_cfg.seed))
-    validation = {name: fixed_batches(pack_documents(docs, data_cfg.seq_len, drop_remainder=False),
-                                      data_cfg.batch_size, config.train.eval_batches)
-                  for name, docs in data.validation.items()}
-    return DataSource(model_config, iterator, validation, sum(len(d) for d in data.train),
-                      vocab_file=VOCAB_FILE if data_cfg.compact_vocab else None)
+    if data_cfg.mqar_fraction > 0:
+        iterator = MqarMixer(iterator, fraction=data_cfg.mqar_fraction, seq_len=data_cfg.seq_len,
+                             pairs=data_cfg.mqar_train_pairs, bands=text_bands(data, data_cfg.mqar_symbols),
+                             seed=data_cfg.seed, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+    probe_sets = build_probes(data_cfg, data, config.train.eval_batches)
+    mesh_config = MeshConfig.from_config(config.get("mesh"))
+
+    def probes(model_config: ModelConfig, params: nnx.State) -> dict[str, Any]:
+        graphdef, rest = model_graph(model_config, params, mesh_config)
+        eval_step = make_eval_step(graphdef, rest, loss_chunk=config.train.loss_chunk)
+        record = run_probes(probe_sets, graphdef, rest, params, eval_step, config.train.loss_chunk)
+        if jax.process_index() == 0:
+            print(format_probes(record), flush=True)
+        return record
+
+    return DataSource(model_config, iterator, probe_sets.validation, sum(len(d) for d in data.train),
+                      vocab_file=VOCAB_FILE if data_cfg.compact_vocab else None, final_eval=("probes", probes))
 
 
 def rows_first(batch: Batch) -> Batch:

@@ -7,7 +7,12 @@ Per token, forward + backward (3x the forward):
 * causal attention: per full-attention layer ``6 · T · H_q · d_head`` (scores + values, ``2 · 2 · T · H_q · d``
   forward, halved by the causal mask, x3);
 * GDN core (chunked delta rule): per linear-attention layer ``24 · H_v · d_k · d_v`` (``8 · H_v · d_k · d_v``
-  forward, x3).
+  forward, x3);
+* the MTP loss (``train.mtp_loss_weight`` > 0, ``mtp_depth`` steps): per step ``6 · (N_mtp + H · V)`` (the MTP
+  layer's active weights and fc, plus the shared LM head once more) and that layer's causal attention.
+
+Any layer pattern (all attention, all GDN, numerics §10) counts its layers of each kind; a layer without the output
+gate has ``nq · hd · H`` fewer q_proj weights, which ``param_count`` sees in the model itself.
 
 This is the one FLOP formula: the training loop's MFU and ``tools.aot_compile``'s estimate both use it.
 ``ACCELERATORS`` knows common chips by TPU generation (as in a topology name, ``v5p:4x4x4``) and by
@@ -63,15 +68,19 @@ def accelerator_for_topology(topology: str) -> Accelerator:
     return found
 
 
-def training_flops_per_token(config: ModelConfig, seq_len: int) -> float:
-    """Model FLOPs (forward + backward) per trained token at sequence length ``seq_len``."""
+def training_flops_per_token(config: ModelConfig, seq_len: int, mtp_depth: int = 0) -> float:
+    """Model FLOPs (forward + backward) per trained token at sequence length ``seq_len``; ``mtp_depth`` > 0 adds
+    that many MTP steps (training with ``train.mtp_loss_weight`` > 0)."""
     counts = count_parameters(config)
     matmul = 6.0 * (counts.active_text if config.tie_word_embeddings else counts.active_text_without_input_embedding)
     num_full = sum(t == FULL_ATTENTION for t in config.layer_types)
     num_linear = config.num_hidden_layers - num_full
-    attention = num_full * 6.0 * seq_len * config.num_attention_heads * config.head_dim
+    attention_layer = 6.0 * seq_len * config.num_attention_heads * config.head_dim
     gdn = num_linear * 24.0 * config.linear_num_value_heads * config.linear_key_head_dim * config.linear_value_head_dim
-    return matmul + attention + gdn
+    mtp = 0.0
+    if mtp_depth > 0 and config.mtp_num_hidden_layers:
+        mtp = mtp_depth * (6.0 * (counts.active_mtp + config.hidden_size * config.vocab_size) + attention_layer)
+    return matmul + num_full * attention_layer + gdn + mtp
 
 
 def peak_flops_per_device(device: jax.Device | None = None, override: float = 0.0) -> float | None:

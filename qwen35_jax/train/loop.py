@@ -171,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     if start_step == 0:
         run_validation(0)
     train_step = None  # built at the first batch, whose fields give the batch shardings
-    flops_per_token = training_flops_per_token(model_config, data_cfg.seq_len)
+    flops_per_token = training_flops_per_token(model_config, data_cfg.seq_len,
+                                               train_cfg.mtp_depth if train_cfg.mtp_loss_weight > 0 else 0)
     peak = peak_flops_per_device(override=train_cfg.peak_flops_per_device)
     tokens_per_step = data_cfg.seq_len * data_cfg.batch_size
     nan_steps = set(train_cfg.debug_nan_steps)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -82,12 +83,18 @@ def select_variant(path: str, variants: Mapping[str, Callable[[], ml_collections
     return variants[name]()
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file named like on the command line: ``configs/qwen35_0p8b.py:cpu``."""
-    path, _, arg = spec.partition(":")
+def load_config_module(path: str) -> ModuleType:
+    """The Python module of a config file (``configs/tiny.py``), executed fresh."""
     module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
     if module_spec is None or not os.path.isfile(path):
         raise ValueError(f"config file {path!r} does not exist (expected e.g. configs/qwen35_0p8b.py:cpu)")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file named like on the command line: ``configs/qwen35_0p8b.py:cpu``."""
+    path, _, arg = spec.partition(":")
+    module = load_config_module(path)
     return module.get_config(arg) if arg else module.get_config()

@@ -6,7 +6,10 @@
 One step: (optional) gradient accumulation over ``train.grad_accum_steps`` micro-batches with ``lax.scan``; loss =
 masked next-token cross-entropy + aux-loss coefficient x MoE load-balancing loss + ``train.z_loss`` x mean
 ``logsumexp(logits)^2``, with the LM head run in ``train.loss_chunk``-position pieces (``losses.lm_head_losses``);
-fp32 gradients whatever the parameter dtype; AdamW update (moments in ``train.moment_dtype``). This is the one
+fp32 gradients whatever the parameter dtype; AdamW update (moments in ``train.moment_dtype``). With
+``train.mtp_loss_weight`` > 0 the loss adds the MTP head's ``mtp_loss`` (numerics §2.9, §10): weight x the mean
+cross-entropy of ``train.mtp_depth`` chained steps, plus the aux coefficient x the MTP MoE layer's load-balancing
+loss; its logits are computed whole (``train.loss_chunk`` chunks the main head only). This is the one
 training step: ``train.trainer.build_trainer`` builds it for ``experiments.train`` and for ``tools.aot_compile``.
 A non-finite loss or gradient norm keeps the old parameters and optimizer state (the update is skipped) and counts
 the step in ``skipped`` / ``skipped_in_a_row``.
@@ -21,7 +24,7 @@ shapes) come from ``static_inputs(rows)`` and are closed over as constants, neve
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -31,6 +34,7 @@ import optax
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
+from qwen35_jax.model.mtp import mtp_loss
 from qwen35_jax.train.losses import lm_head_losses
 
 Batch = dict[str, jax.Array]
@@ -63,10 +67,12 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, model_config: ModelCon
                  ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     aux_coef = model_config.router_aux_loss_coef if train.aux_loss_coef < 0 else train.aux_loss_coef
     z_coef, chunk = float(train.z_loss), int(train.loss_chunk)
+    mtp_weight, mtp_depth = float(train.get("mtp_loss_weight", 0.0)), int(train.get("mtp_depth", 1))
 
     def loss_fn(params: nnx.State, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         model = nnx.merge(graphdef, params, rest)
-        out = model(batch["input_ids"], compute_logits=False, **model_inputs(batch, static_inputs))
+        inputs = model_inputs(batch, static_inputs)
+        out = model(batch["input_ids"], compute_logits=False, **inputs)
         nll_sum, z_sum, count = lm_head_losses(out.hidden_states, model.unembed, batch["targets"],
                                                batch["loss_mask"], chunk)
         count = jnp.maximum(count, 1.0)
@@ -77,9 +83,30 @@ def make_loss_fn(graphdef: nnx.GraphDef, rest: nnx.State, model_config: ModelCon
             loss, metrics["z_loss"] = loss + z_coef * z_sum / count, z_sum / count
         if out.router_stats is not None:
             metrics.update(_router_metrics(out.router_stats))
+        if mtp_weight > 0:
+            loss = loss + _mtp_term(model, out.hidden_states, batch, inputs, mtp_weight, mtp_depth, aux_coef, metrics)
         return loss, metrics
 
     return loss_fn
+
+
+def _mtp_term(model: nnx.Module, hidden: jax.Array, batch: Batch, inputs: dict[str, Any], weight: float, depth: int,
+              aux_coef: float, metrics: dict[str, jax.Array]) -> jax.Array:
+    """``weight · mean_k CE_k + aux_coef · MTP aux`` from the main hidden states (numerics §2.9); adds ``mtp_ce``
+    (mean unweighted CE over the steps), ``mtp_ce_<k>`` per step when ``depth`` > 1 and ``mtp_aux_loss`` (MoE) to
+    ``metrics``. The batch's ``loss_mask[t]`` belongs to the target ``input_ids[t + 1]``: shifted one right it is
+    ``mtp_loss``'s per-input-position mask, so step k's target ``t+k+1`` counts where ``loss_mask[t+k]`` does."""
+    ids = batch["input_ids"]
+    target_mask = jnp.pad(batch["loss_mask"].astype(bool)[:, :-1], ((0, 0), (1, 0)))
+    mtp = mtp_loss(model, hidden, ids, depth=depth, weight=weight, loss_mask=target_mask,
+                   segment_ids=inputs.get("segment_ids"), positions=inputs.get("positions"),
+                   attention_mask=inputs.get("attention_mask"))
+    metrics["mtp_ce"] = jnp.mean(mtp.step_losses)
+    if depth > 1:
+        metrics.update({f"mtp_ce_{k}": mtp.step_losses[k - 1] for k in range(1, depth + 1)})
+    if model.config.is_moe:
+        metrics["mtp_aux_loss"] = mtp.aux_loss
+    return mtp.loss + aux_coef * mtp.aux_loss
 
 
 def _accumulate(grad_fn: Callable, params: nnx.State, batch: Batch, steps: int) -> tuple[Any, Any]:
@@ -161,10 +188,16 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def mean_nll(eval_step: Callable, params: nnx.State, batches: list[Batch]) -> float:
-    """Mean next-token NLL (nats) over every unmasked target of ``batches``."""
+def pooled_ratio(step: Callable, params: nnx.State, batches: Sequence[Batch]) -> float:
+    """Σ numerator / Σ denominator of ``step(params, batch) -> (numerator, denominator)`` over ``batches`` (0 when
+    the denominators sum to 0)."""
     total, count = 0.0, 0.0
     for batch in batches:
-        nll, n = eval_step(params, batch)
-        total, count = total + float(nll), count + float(n)
+        numerator, denominator = step(params, batch)
+        total, count = total + float(numerator), count + float(denominator)
     return total / max(count, 1.0)
+
+
+def mean_nll(eval_step: Callable, params: nnx.State, batches: Sequence[Batch]) -> float:
+    """Mean next-token NLL (nats) over every unmasked target of ``batches`` (``make_eval_step``)."""
+    return pooled_ratio(eval_step, params, batches)

@@ -149,7 +149,7 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path: pathlib.Path, monkeypatch:
     assert "WARNING" not in setup, setup
     assert re.search(r"resumed from checkpoint step 40\b", cell_text(cells["resume"])), cell_text(cells["resume"])
     assert re.search(r"^\s+45\s+\d+\.\d+", cell_text(cells["resume"]), flags=re.M), "no step 45 after the resume"
-    assert re.search(r"^shakespeare\s+\d+\.\d+\s+\d+\.\d+\s+[\d,]+$", cell_text(cells["eval"]), flags=re.M)
+    assert re.search(r"^shakespeare\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+\s+[\d,]+$", cell_text(cells["eval"]), flags=re.M)
     assert "full evaluation" in cell_text(cells["eval"])
     generated = re.search(r"^To be, or not to be(.+)$", cell_text(cells["generate"]), flags=re.M)
     assert generated and generated.group(1).strip(), cell_text(cells["generate"])

@@ -44,15 +44,18 @@ from ml_collections import config_flags  # noqa: E402
 from qwen35_jax.model.build import validate_model  # noqa: E402
 from qwen35_jax.parallel.mesh import MeshConfig, build_mesh  # noqa: E402
 from qwen35_jax.parallel.runtime import Runtime  # noqa: E402
+from qwen35_jax.parallel.sharding import sequence_shards  # noqa: E402
 from qwen35_jax.train.cli import report_user_error, run  # noqa: E402
 from qwen35_jax.train.config_schema import fill_defaults, validate_config  # noqa: E402
 from qwen35_jax.train.flops import GIB, Accelerator, accelerator_for_topology, training_flops_per_token  # noqa: E402
 from qwen35_jax.train.recipes import load_config_file  # noqa: E402
 from qwen35_jax.train.trainer import abstract_text_batch, build_trainer  # noqa: E402
+from tools.hlo_collectives import collective_bytes, format_table  # noqa: E402
 
 # The variants the README's AOT table is built from (``--sweep``).
 SWEEP_CONFIGS = ("configs/qwen35_397b_a17b.py:v5p-64", "configs/qwen35_397b_a17b.py:v5p-256",
-                 "configs/qwen35_35b_a3b.py:v5p-32", "configs/qwen35_35b_a3b.py:v6e-64")
+                 "configs/qwen35_35b_a3b.py:v5p-32", "configs/qwen35_35b_a3b.py:v6e-64",
+                 "configs/qwen35_397b_a17b.py:v5p-256-262k", "configs/qwen35_35b_a3b.py:v5p-64-262k")
 
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
@@ -63,6 +66,7 @@ if __name__ == "__main__":
                                     "e.g. v5p:8x8x4, v5e:16x16, v6e:8x8.")
     _SWEEP = flags.DEFINE_bool("sweep", False, "Compile every config of --sweep_configs and print a Markdown table.")
     _SWEEP_CONFIGS = flags.DEFINE_list("sweep_configs", list(SWEEP_CONFIGS), "Config variants for --sweep.")
+    _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Also write the compiled (optimized) HLO text to this file.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,8 @@ class Report:
     model_flops: float  # per step, all chips
     chip: Accelerator
     chips: int
+    sequence_shards: int = 1  # > 1: context parallel (numerics §11)
+    collectives: dict = dataclasses.field(default_factory=dict)  # (source, op) -> bytes per chip per step
 
     @property
     def total_bytes(self) -> int:
@@ -104,8 +110,10 @@ class Report:
 
     @property
     def mfu(self) -> float | None:
-        """None when the compiler gave no usable time estimate (libtpu's v6e cost model returns negative times)."""
-        if not self.step_seconds > 0:
+        """None when the compiler gave no usable time estimate: libtpu's v6e cost model returns negative times, and
+        with the sequence split the flash attention's key-block loops have data-dependent trip counts, which the cost
+        model counts once (the estimate would flatter the step)."""
+        if not self.step_seconds > 0 or self.sequence_shards > 1:
             return None
         return self.model_flops / (self.chips * self.chip.peak_flops * self.step_seconds)
 
@@ -124,8 +132,10 @@ def recipe_text(config: ml_collections.ConfigDict, mesh: MeshConfig) -> str:
             f"{model.param_dtype} weights / {train.moment_dtype} moments")
 
 
-def compile_config(config: ml_collections.ConfigDict, topology: str | None = None) -> Report:
-    """Lower and compile the trainer's step for ``config`` on ``topology`` (default ``config.hardware.topology``)."""
+def compile_config(config: ml_collections.ConfigDict, topology: str | None = None,
+                   hlo_out: str | None = None) -> Report:
+    """Lower and compile the trainer's step for ``config`` on ``topology`` (default ``config.hardware.topology``);
+    ``hlo_out``: also write the optimized HLO text there."""
     from jax.experimental import topologies
 
     model_config = validate_config(config)
@@ -138,13 +148,18 @@ def compile_config(config: ml_collections.ConfigDict, topology: str | None = Non
     devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
     mesh_config = MeshConfig.from_config(config.get("mesh"))
     mesh = build_mesh(mesh_config, devices)
-    validate_model(model_config, Runtime.for_mesh(mesh, mesh_config, backend="tpu"))
+    runtime = Runtime.for_mesh(mesh, mesh_config, backend="tpu")
+    validate_model(model_config, runtime)
     trainer = build_trainer(config, model_config, mesh, mesh_config, backend="tpu", abstract=True)
     batch = abstract_text_batch(config, trainer.batch_sharding)
     poison = jax.ShapeDtypeStruct((), jnp.bool_, sharding=NamedSharding(mesh, PartitionSpec()))
     start = time.perf_counter()
     compiled = trainer.step_for(batch).lower(trainer.state, batch, poison).compile()
     seconds = time.perf_counter() - start
+    hlo = compiled.as_text()
+    if hlo_out:
+        with open(hlo_out, "w", encoding="utf-8") as f:
+            f.write(hlo)
     cost = compiled.cost_analysis()
     seq, chips, accum = config.data.seq_len, len(devices), config.train.grad_accum_steps
     chunk = config.train.loss_chunk
@@ -161,7 +176,8 @@ def compile_config(config: ml_collections.ConfigDict, topology: str | None = Non
                   model_flops=training_flops_per_token(model_config, seq, config.train.mtp_depth
                                                          if config.train.mtp_loss_weight > 0 else 0)
                   * config.data.batch_size * seq,
-                  chip=chip, chips=chips)
+                  chip=chip, chips=chips, sequence_shards=sequence_shards(runtime),
+                  collectives=collective_bytes(hlo))
 
 
 def describe(report: Report) -> str:
@@ -183,6 +199,10 @@ def describe(report: Report) -> str:
         f"  model FLOPs             {report.model_flops / report.chips:10.3e} per chip per step",
         "  MFU (estimate)          " + ("n/a (no usable compiler time estimate)" if report.mfu is None
                                          else f"{100 * report.mfu:10.1f} %"),
+        f"  step time at peak       {report.model_flops / (report.chips * report.chip.peak_flops):10.3f} s "
+        "(model FLOPs / peak: the bound an MFU of 100 % would reach)",
+        "  collectives (GiB per chip per step: tools/hlo_collectives.py, loop trips counted):",
+        *("    " + row for row in format_table(report.collectives).splitlines()),
     ]
     return "\n".join(lines)
 
@@ -219,7 +239,7 @@ def main(argv: list[str]) -> None:
         return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required (or --sweep), e.g. --config configs/qwen35_397b_a17b.py:v5p-64")
-    report = compile_config(_CONFIG.value, _TOPOLOGY.value)
+    report = compile_config(_CONFIG.value, _TOPOLOGY.value, _HLO_OUT.value)
     print(describe(report))
     print(report.verdict())
 

@@ -29,11 +29,11 @@ from qwen35_jax.model.cache import HybridCache
 from qwen35_jax.model.qwen35 import check_token_ids
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids [B, T] int32, mask [B, T] int32)`` with each prompt right-aligned."""
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids [B, T] int32, mask [B, T] int32)`` with each prompt right-aligned, ``T`` a multiple of ``multiple``."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty token id lists")
-    width = max(len(p) for p in prompts)
+    width = -(-max(len(p) for p in prompts) // multiple) * multiple
     ids = np.full((len(prompts), width), pad_id, np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
     for row, prompt in enumerate(prompts):
@@ -77,6 +77,7 @@ class Generator:
         self.sampling = sampling or SamplingConfig()
         self.stop_tokens = tuple(int(t) for t in stop_tokens)  # default for __call__
         self.pad_id = pad_id
+        self.prompt_multiple = model.prompt_multiple  # a sequence-split model prefills whole GDN chunks per device
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("max_length",))
         self._decode = jax.jit(self._decode_impl, static_argnames=("steps",))
         self._compiled: set[tuple] = set()
@@ -121,7 +122,7 @@ class Generator:
         # A fixed-size (multiple of 8, -1 padded) traced array: other stop sets reuse the compiled loop.
         stop_array = np.full(max(8, -(-len(stops) // 8) * 8), -1, np.int32)
         stop_array[: len(stops)] = stops
-        ids, mask = left_pad(prompts, self.pad_id)
+        ids, mask = left_pad(prompts, self.pad_id, self.prompt_multiple)
         check_token_ids(ids, self.config.vocab_size)
         key = jax.random.key(seed) if key is None else key
         prefill_key, decode_key = jax.random.split(key)

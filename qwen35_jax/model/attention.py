@@ -12,7 +12,11 @@ from qwen35_jax.model.cache import AttentionCache
 from qwen35_jax.model.norms import RMSNorm
 from qwen35_jax.model.params import dense, make_param
 from qwen35_jax.model.rope import apply_partial_rope
+from qwen35_jax.ops.attention import ContextParallelAttention
 from qwen35_jax.parallel.runtime import Runtime
+from qwen35_jax.parallel.sharding import sequence_shards
+
+CONTEXT_PARALLEL_BLOCK = 512  # query / key block of the context-parallel core when attention_block_q is 0
 
 
 def attention_mask(segment_ids: jax.Array, query_segments: jax.Array | None = None,
@@ -39,6 +43,12 @@ class GatedAttention(nnx.Module):
         self.backend = runtime.backend
         self.block_q = config.attention_block_q
         self.output_gate = config.attn_output_gate
+        # Static: with the sequence split over devices, attention runs context-parallel (numerics §11.2): each
+        # device's queries against the all-gathered keys, key block by key block.
+        self.context_parallel = None
+        if sequence_shards(runtime) > 1:
+            block = config.attention_block_q or CONTEXT_PARALLEL_BLOCK
+            self.context_parallel = ContextParallelAttention(runtime.mesh, tuple(runtime.rules), block, block)
         # q_proj output per head is [query (hd) | gate (hd)] (per-head interleave, numerics §2.3); the query alone
         # without the output gate (numerics §10).
         q_width = 2 * hd if self.output_gate else hd
@@ -59,6 +69,8 @@ class GatedAttention(nnx.Module):
         """
         query, gate, key, value = self.project(x, cos, sin)
         if cache is None:
+            if self.context_parallel is not None:
+                return self.output(self.context_parallel(query, key, value, segment_ids), gate), None
             return self.output(blocked_causal_attention(query, key, value, segment_ids, self.block_q), gate), None
         attended, cache = cached_attention(query, key, value, segment_ids, cache)
         return self.output(attended, gate), cache

@@ -6,6 +6,8 @@
     rules                                  list of (logical name, mesh axes) pairs replacing ``rules.DEFAULT_RULES``
     expert_dispatch                        "auto" (dropless on TPU/GPU, capacity on CPU) | "dropless" | "ragged" |
                                            "capacity" (see ``qwen35_jax.ops.moe.expert_parallel``)
+    gdn_state_exchange                     with mesh.sequence > 1: how the GDN shards compose their state maps,
+                                           "scan" (log-depth ppermute) | "gather" (one all_gather; numerics §11.1)
     capacity_factor                        capacity: slots per expert = ceil(factor · local assignments / experts);
                                            ragged: receive buffer = factor · local assignments rows
 
@@ -26,7 +28,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from qwen35_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, Rule, check_rules
-from qwen35_jax.parallel.runtime import DISPATCHES
+from qwen35_jax.parallel.runtime import DISPATCHES, EXCHANGES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,16 +39,17 @@ class MeshConfig:
     rules: tuple[Rule, ...] = DEFAULT_RULES
     expert_dispatch: str = "auto"
     capacity_factor: float = 1.25
+    gdn_state_exchange: str = "scan"
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> MeshConfig:
         """Parse ``config.mesh`` (a ConfigDict or dict; None = all defaults)."""
         values = dict(section.items()) if section is not None else {}
-        known = set(MESH_AXES) | {"rules", "expert_dispatch", "capacity_factor"}
+        known = set(MESH_AXES) | {"rules", "expert_dispatch", "capacity_factor", "gdn_state_exchange"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config.mesh has unknown field(s) {unknown}: mesh axes are {MESH_AXES}; other fields "
-                             "are rules, expert_dispatch, capacity_factor")
+                             "are rules, expert_dispatch, capacity_factor, gdn_state_exchange")
         defaults = dict(cls.axes)
         axes = tuple((name, values.get(name, defaults[name])) for name in MESH_AXES)
         if "fsdp" not in values and any(values.get(name) == -1 for name in MESH_AXES):
@@ -64,7 +67,11 @@ class MeshConfig:
         factor = values.get("capacity_factor", cls.capacity_factor)
         if not factor > 0:
             raise ValueError(f"config.mesh.capacity_factor={factor!r} is invalid: must be > 0 (e.g. 1.25)")
-        return cls(axes=axes, rules=rules, expert_dispatch=dispatch, capacity_factor=float(factor))
+        exchange = values.get("gdn_state_exchange", cls.gdn_state_exchange)
+        if exchange not in EXCHANGES:
+            raise ValueError(f"config.mesh.gdn_state_exchange={exchange!r} is invalid: choose one of {EXCHANGES}")
+        return cls(axes=axes, rules=rules, expert_dispatch=dispatch, capacity_factor=float(factor),
+                   gdn_state_exchange=exchange)
 
     def axis_sizes(self, num_devices: int) -> dict[str, int]:
         """Concrete sizes for ``num_devices`` devices (the -1 axis takes what the others leave)."""

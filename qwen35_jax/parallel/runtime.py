@@ -22,6 +22,7 @@ from qwen35_jax.parallel.rules import DEFAULT_RULES, Rule
 
 BACKENDS = ("cpu", "gpu", "tpu")
 DISPATCHES = ("auto", "dropless", "ragged", "capacity")
+EXCHANGES = ("scan", "gather")  # how context-parallel GDN shards compose their state maps (numerics §11.1)
 
 
 def normalise_backend(backend: str) -> str:
@@ -41,6 +42,7 @@ class Runtime:
     rules: tuple[Rule, ...] = DEFAULT_RULES
     expert_dispatch: str = "auto"
     capacity_factor: float = 1.25
+    gdn_state_exchange: str = "scan"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", normalise_backend(self.backend))
@@ -49,6 +51,8 @@ class Runtime:
             raise ValueError(f"expert_dispatch={self.expert_dispatch!r} is invalid: choose one of {DISPATCHES}")
         if not self.capacity_factor > 0:
             raise ValueError(f"capacity_factor={self.capacity_factor!r} is invalid: must be > 0 (e.g. 1.25)")
+        if self.gdn_state_exchange not in EXCHANGES:
+            raise ValueError(f"gdn_state_exchange={self.gdn_state_exchange!r} is invalid: choose one of {EXCHANGES}")
 
     @classmethod
     def local(cls, backend: str | None = None) -> Runtime:
@@ -61,7 +65,8 @@ class Runtime:
         devices' platform (for a TPU topology compiled on a CPU host that is already ``tpu``)."""
         platform = backend or mesh.devices.flat[0].platform
         return cls(backend=platform, mesh=mesh, rules=tuple(mesh_config.rules),
-                   expert_dispatch=mesh_config.expert_dispatch, capacity_factor=mesh_config.capacity_factor)
+                   expert_dispatch=mesh_config.expert_dispatch, capacity_factor=mesh_config.capacity_factor,
+                   gdn_state_exchange=mesh_config.gdn_state_exchange)
 
     @property
     def is_accelerator(self) -> bool:

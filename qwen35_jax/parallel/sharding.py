@@ -1,13 +1,15 @@
-"""The residual-stream sharding constraint the decoder stack applies at every block boundary on a mesh."""
+"""The residual-stream sharding constraint the decoder stack applies at every block boundary on a mesh, and how
+many ways it splits the sequence."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 from jax.sharding import Mesh, NamedSharding
 
-from qwen35_jax.parallel.rules import ACTIVATION_AXES, Rule, spec_for
+from qwen35_jax.parallel.rules import ACTIVATION_AXES, Rule, as_axes, spec_for
 from qwen35_jax.parallel.runtime import Runtime
 
 
@@ -27,6 +29,16 @@ def activation_sharding_for(runtime: Runtime) -> ActivationSharding | None:
     """The constraint for ``runtime``'s mesh; None without a mesh (one device: nothing to constrain)."""
     if runtime.mesh is None:
         return None
-    # A batch the data axes cannot split (e.g. one prompt decoded on 8 devices) is replicated instead; the training
-    # batch is checked against the data-parallel size before anything compiles, so it never takes this fallback.
-    return ActivationSharding(runtime.mesh, (*runtime.rules, ("act_batch", ())))
+    # A batch the data axes cannot split (e.g. one prompt decoded on 8 devices), or a sequence the sequence axes
+    # cannot (a decode step's single token), is replicated instead; the training batch is checked against the mesh
+    # before anything compiles, so it never takes these fallbacks.
+    return ActivationSharding(runtime.mesh, (*runtime.rules, ("act_batch", ()), ("act_seq", ())))
+
+
+def sequence_shards(runtime: Runtime) -> int:
+    """How many devices the residual stream's sequence dimension is split over under ``runtime`` (1: unsplit):
+    the size of the mesh axes the ``act_seq`` rule names (context parallelism, numerics §11)."""
+    if runtime.mesh is None:
+        return 1
+    seq = spec_for(("act_batch", "act_seq"), (None, None), runtime.mesh, runtime.rules, "sequence")[1]
+    return math.prod(runtime.mesh.shape[a] for a in as_axes(seq))

@@ -165,6 +165,10 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
     data, train, ckpt = config.data, config.train, config.checkpoint
     if data.kind == "captions":
         CaptionDataConfig.from_mapping(data)  # every field's value, named in the error
+        sequence = config.get("mesh", {}).get("sequence", 1)
+        _require(sequence == 1, "mesh.sequence", sequence, "must be 1 for image-caption data: context parallelism "
+                 "(numerics §11) splits the text stack only, not the vision tower's patches and their merge into "
+                 "the tokens; put the devices on fsdp instead")
     else:
         parse_corpora(data.corpora)
         for name in ("seq_len", "batch_size"):

@@ -53,8 +53,11 @@ def lm_head_losses(hidden: jax.Array, unembed: Callable[[jax.Array], jax.Array],
         raise ValueError(f"sequence length {length} is not a multiple of train.loss_chunk={chunk}: use a divisor "
                          "of data.seq_len (or 0 for the whole sequence at once)")
 
+    # Piece i holds positions i, i + T/chunk, i + 2·T/chunk, ...: one from each of ``chunk`` contiguous blocks. The
+    # losses are sums, so the order is free, and a sequence split over devices (context parallelism) stays split:
+    # every device reads its own blocks and nothing is gathered.
     def split(a: jax.Array) -> jax.Array:  # [B, T, ...] -> [T / chunk, B, chunk, ...]
-        return a.reshape(batch, length // chunk, chunk, *a.shape[2:]).swapaxes(0, 1)
+        return jnp.moveaxis(a.reshape(batch, chunk, length // chunk, *a.shape[2:]), 2, 0)
 
     body_piece = jax.checkpoint(piece)
 

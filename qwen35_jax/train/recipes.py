@@ -62,12 +62,18 @@ def cpu_recipe(name: str, preset_name: str, *, seq_len: int = 128, batch_size: i
 def pod_recipe(name: str, preset_name: str, topology: str, chips: int, mesh: Mapping[str, int], *,
                seq_len: int = 4096, batch_per_chip: int = 1, loss_chunk: int = 256, expert_dispatch: str = "ragged",
                capacity_factor: float = 1.25) -> ml_collections.ConfigDict:
-    """Pre-training on a TPU topology of ``chips`` chips (see the module docstring)."""
+    """Pre-training on a TPU topology of ``chips`` chips (see the module docstring). Long context: ``seq_len`` above
+    4,096 keeps 4,096 tokens per chip (``chips · 4096 / seq_len`` sequences) and expects ``mesh["sequence"]`` to
+    split each sequence (context parallelism, numerics §11)."""
+    batch_size = batch_per_chip * chips if seq_len <= 4096 else chips * 4096 // seq_len
+    # Each LM-head chunk covers loss_chunk positions per chip: with the sequence split seq_len / 4096 ways the chunk
+    # grows by that factor, so the loop (and the head weight's gather in it) runs as often as at 4,096 tokens.
+    loss_chunk = loss_chunk * max(1, seq_len // 4096)
     return experiment(
         name, preset_name, topology=topology, multihost=True,
         model={"dtype": "bfloat16", "param_dtype": "bfloat16", "remat_policy": "full", "gdn_impl": "pallas_tpu",
                "scan_unroll": 1},
-        data={"corpora": "wiki_en", "seq_len": seq_len, "batch_size": batch_per_chip * chips},
+        data={"corpora": "wiki_en", "seq_len": seq_len, "batch_size": batch_size},
         train={"steps": 10_000, "learning_rate": 3e-4, "warmup_steps": 500, "moment_dtype": "bfloat16",
                "loss_chunk": loss_chunk, "log_every": 10, "eval_every": 1000},
         checkpoint={"every": 500, "keep": 3},

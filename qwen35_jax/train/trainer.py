@@ -31,8 +31,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.packing import FIELDS
 from qwen35_jax.model.build import build_model
+from qwen35_jax.ops.gated_delta_rule.sharded import check_sequence_split
 from qwen35_jax.parallel.mesh import MeshConfig
-from qwen35_jax.parallel.rules import spec_for, state_shardings
+from qwen35_jax.parallel.rules import as_axes, spec_for, state_shardings
 from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.optimizer import make_optimizer
 from qwen35_jax.train.step import StaticInputs, make_eval_step, make_train_step
@@ -49,8 +50,11 @@ def batch_sharding(mesh: Mesh, mesh_config: MeshConfig, config: ml_collections.C
     if batch % (ways * accum):
         raise ValueError(f"config.data.batch_size={batch} is not divisible by the data-parallel size {ways} "
                          f"(mesh axes {axes}) x train.grad_accum_steps={accum}; use a multiple of {ways * accum}")
-    return NamedSharding(mesh, spec_for(("act_batch", "act_seq"), (batch // accum, config.data.seq_len), mesh,
-                                        mesh_config.rules, "batch"))
+    sharding = NamedSharding(mesh, spec_for(("act_batch", "act_seq"), (batch // accum, config.data.seq_len), mesh,
+                                            mesh_config.rules, "batch"))
+    check_sequence_split(config.data.seq_len, math.prod(mesh.shape[a] for a in as_axes(sharding.spec[1])),
+                         "config.data.seq_len")
+    return sharding
 
 
 def field_sharding(array: Any, sharding: NamedSharding) -> NamedSharding:

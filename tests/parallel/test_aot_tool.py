@@ -37,14 +37,16 @@ def test_release_variants_are_complete_experiment_configs(spec):
     assert model.vocab_size == PRESETS[pathlib.Path(spec.split(":")[0]).stem]["vocab_size"]
     assert not config.data.compact_vocab  # the real vocabulary
     topology = config.hardware.topology
-    if topology:  # a pod variant: the mesh uses every chip and the batch is one sequence per chip
+    if topology:  # a pod variant: the mesh uses every chip and each chip holds 4,096 tokens of the batch
         chips = 1
         for size in topology.split(":")[1].split("x"):
             chips *= int(size)
         accelerator_for_topology(topology)
         sizes = MeshConfig.from_config(config.mesh).axis_sizes(chips)
-        assert config.data.batch_size == chips and len(sizes) == 5
+        assert config.data.batch_size * config.data.seq_len == chips * 4096 and len(sizes) == 5
+        assert config.data.seq_len == 4096 * sizes["sequence"]  # a longer sequence is split over chips
         assert config.data.seq_len % config.train.loss_chunk == 0
+        assert config.train.loss_chunk // sizes["sequence"] == 256  # 256 LM-head positions per chip per chunk
     else:
         assert spec.endswith(":cpu")
 

@@ -35,7 +35,8 @@ def test_mesh_runtime_chooses_the_sharded_compute_at_construction():
     runtime = mesh_runtime(expert=2, fsdp=2, tensor=2)
     model = build_model(tiny_config(), runtime, abstract=True)
     gdn_layer, attention_layer = _layers(model)
-    assert model.decoder.constrain_activations == ActivationSharding(runtime.mesh, (*runtime.rules, ("act_batch", ())))
+    assert model.decoder.constrain_activations == ActivationSharding(runtime.mesh, (*runtime.rules, ("act_batch", ()),
+                                                                                       ("act_seq", ())))
     for layer in (gdn_layer, attention_layer):
         assert layer.mlp.expert_parallel == ExpertParallel(runtime.mesh, runtime.rules, "capacity", 1.25, "cpu")
     assert gdn_layer.linear_attn.delta_rule == DeltaRule("recurrent", "cpu")  # XLA partitions a non-Pallas rule

@@ -16,6 +16,8 @@ import importlib
 import jax
 import jax.numpy as jnp
 
+from qwen35_jax.ops.gated_delta_rule.context_parallel import context_parallel_core
+
 __all__ = ["IMPLS", "gated_delta_rule", "resolve_impl"]
 
 IMPLS = ("auto", "recurrent", "chunked", "pallas_tpu", "pallas_gpu")
@@ -139,6 +141,8 @@ def gated_delta_rule(
     impl: str = "auto",
     backend: str | None = None,
     interpret: bool = False,
+    sequence_axes: tuple[str, ...] = (),
+    exchange: str = "scan",
 ) -> tuple[jax.Array, jax.Array | None]:
     """Gated delta rule over a sequence (numerics §2.4).
 
@@ -154,6 +158,10 @@ def gated_delta_rule(
       backend: the target backend ("cpu", "gpu", "tpu"; None: ``jax.default_backend()``) that ``impl="auto"`` and
         the chunked core's work size are chosen for.
       interpret: run a Pallas core in interpret mode (allows it on any backend).
+      sequence_axes: mesh axes the sequence is split over, in order (context parallelism, numerics §11.1; call
+        inside ``jax.shard_map``): the arrays are this shard's contiguous tokens, ``initial_state`` enters the first
+        shard and ``final_state`` is the state after this shard's last token.
+      exchange: how the shards compose their state maps: "scan" (log-depth ``ppermute``) or "gather".
 
     Returns:
       ``(o, final_state)``: o ``[B, T, Hv, dv]`` in v's dtype; final_state fp32 ``[B, Hv, dk, dv]`` or None.
@@ -161,6 +169,8 @@ def gated_delta_rule(
     _validate(q, k, v, g, beta, initial_state, segment_ids, impl)
     backend = backend or jax.default_backend()
     core = _core(resolve_impl(impl, backend, interpret), backend, interpret)
+    if sequence_axes:
+        core = context_parallel_core(core, tuple(sequence_axes), exchange)
     out_dtype = v.dtype
     q, k = prepare_qk(q, k, scale, use_qk_l2norm)
     v, g, beta = (x.astype(jnp.float32) for x in (v, g, beta))

@@ -23,6 +23,7 @@ from qwen35_jax.model.norms import RMSNorm
 from qwen35_jax.model.params import dense, make_param
 from qwen35_jax.model.rope import rope_cos_sin
 from qwen35_jax.model.vision import VisionTower
+from qwen35_jax.ops.gated_delta_rule.chunked import CHUNK
 from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.parallel.sharding import sequence_shards
 
@@ -65,7 +66,7 @@ class Qwen35ForCausalLM(nnx.Module):
         # Prompt widths for prefill: with the sequence split over n devices (numerics §11), whole 64-token GDN chunks
         # per device; generation left-pads prompts to a multiple of it (padding is a segment of its own).
         shards = sequence_shards(runtime)
-        self.prompt_multiple = 64 * shards if shards > 1 else 1
+        self.prompt_multiple = CHUNK * shards if shards > 1 else 1
         pdt = jnp.dtype(config.param_dtype)
         self.embed_tokens = make_param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pdt)
         self.decoder = DecoderStack(config, runtime=runtime, rngs=rngs)

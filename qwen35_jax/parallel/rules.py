@@ -74,6 +74,11 @@ def as_axes(mesh_axes: MeshAxes) -> tuple[str, ...]:
     return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
 
 
+def axes_size(mesh: Mesh, axes: MeshAxes) -> int:
+    """Devices along ``axes`` of ``mesh`` (one name, a tuple of names, or None: 1)."""
+    return math.prod(mesh.shape[a] for a in as_axes(axes))
+
+
 def check_rules(rules: Iterable[Sequence]) -> tuple[Rule, ...]:
     """Normalise rules to ``(name, tuple of mesh axes)`` pairs, rejecting unknown logical or mesh axis names."""
     out = []

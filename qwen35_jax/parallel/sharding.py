@@ -4,12 +4,11 @@ many ways it splits the sequence."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 from jax.sharding import Mesh, NamedSharding
 
-from qwen35_jax.parallel.rules import ACTIVATION_AXES, Rule, as_axes, spec_for
+from qwen35_jax.parallel.rules import ACTIVATION_AXES, Rule, axes_size, spec_for
 from qwen35_jax.parallel.runtime import Runtime
 
 
@@ -41,4 +40,4 @@ def sequence_shards(runtime: Runtime) -> int:
     if runtime.mesh is None:
         return 1
     seq = spec_for(("act_batch", "act_seq"), (None, None), runtime.mesh, runtime.rules, "sequence")[1]
-    return math.prod(runtime.mesh.shape[a] for a in as_axes(seq))
+    return axes_size(runtime.mesh, seq)

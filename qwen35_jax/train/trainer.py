@@ -16,7 +16,6 @@ abstract build allocates nothing: every leaf is a ShapeDtypeStruct carrying its 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from qwen35_jax.data.packing import FIELDS
 from qwen35_jax.model.build import build_model
 from qwen35_jax.ops.gated_delta_rule.sharded import check_sequence_split
 from qwen35_jax.parallel.mesh import MeshConfig
-from qwen35_jax.parallel.rules import as_axes, spec_for, state_shardings
+from qwen35_jax.parallel.rules import as_axes, axes_size, spec_for, state_shardings
 from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.optimizer import make_optimizer
 from qwen35_jax.train.step import StaticInputs, make_eval_step, make_train_step
@@ -44,15 +43,15 @@ TRAIN_COUNTERS = ("step", "skipped", "skipped_in_a_row")
 def batch_sharding(mesh: Mesh, mesh_config: MeshConfig, config: ml_collections.ConfigDict) -> NamedSharding:
     """Sharding of ``[batch, seq]`` arrays; checks the batch divides the data-parallel ways (per micro-batch)."""
     spec = spec_for(("act_batch", "act_seq"), (None, None), mesh, mesh_config.rules, "batch")
-    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
-    ways = math.prod(mesh.shape[a] for a in axes)
+    axes = as_axes(spec[0])
+    ways = axes_size(mesh, axes)
     accum, batch = config.train.grad_accum_steps, config.data.batch_size
     if batch % (ways * accum):
         raise ValueError(f"config.data.batch_size={batch} is not divisible by the data-parallel size {ways} "
                          f"(mesh axes {axes}) x train.grad_accum_steps={accum}; use a multiple of {ways * accum}")
     sharding = NamedSharding(mesh, spec_for(("act_batch", "act_seq"), (batch // accum, config.data.seq_len), mesh,
                                             mesh_config.rules, "batch"))
-    check_sequence_split(config.data.seq_len, math.prod(mesh.shape[a] for a in as_axes(sharding.spec[1])),
+    check_sequence_split(config.data.seq_len, axes_size(mesh, sharding.spec[1]),
                          "config.data.seq_len")
     return sharding
 

@@ -9,7 +9,6 @@ backward comes from JAX's AD: the all-gather transposes to a reduce-scatter of d
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from qwen35_jax.ops.attention.flash import flash_attention
-from qwen35_jax.parallel.rules import Rule, as_axes, spec_for
+from qwen35_jax.parallel.rules import Rule, as_axes, axes_size, spec_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +81,14 @@ class ContextParallelAttention:
         where = "context-parallel attention query"
         axes = [as_axes(a) for a in spec_for(("act_batch", "act_seq", "q_heads", None),
                                              (batch, None, heads_q, head_dim), self.mesh, self.rules, where)]
-        shards = math.prod(self.mesh.shape[a] for a in axes[1])
+        shards = axes_size(self.mesh, axes[1])
         if length % shards:
             sizes = " x ".join(f"mesh.{a}={self.mesh.shape[a]}" for a in axes[1])
             raise ValueError(f"sequence length {length} is not divisible by {sizes}: choose data.seq_len a multiple "
                              f"of {shards} (or shard the sequence less)")
         kv_heads = spec_for(("act_batch", "act_seq", "kv_heads", None), (batch, length, heads_kv, head_dim),
                             self.mesh, self.rules, "context-parallel attention key")[2]
-        head_shards = math.prod(self.mesh.shape[a] for a in axes[2])
+        head_shards = axes_size(self.mesh, axes[2])
         return _Layout(batch=axes[0], seq=axes[1], heads=axes[2], kv_split=as_axes(kv_heads) == axes[2],
                        heads_q=heads_q // head_shards, group=heads_q // heads_kv)
 

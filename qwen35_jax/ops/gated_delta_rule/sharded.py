@@ -16,7 +16,6 @@ Both choices are frozen, hashable callables (static module attributes) with one 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 from jax.sharding import Mesh
@@ -24,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from qwen35_jax.ops.gated_delta_rule.api import gated_delta_rule, resolve_impl
 from qwen35_jax.ops.gated_delta_rule.chunked import CHUNK
-from qwen35_jax.parallel.rules import Rule, as_axes, spec_for
+from qwen35_jax.parallel.rules import Rule, as_axes, axes_size, spec_for
 from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.parallel.sharding import sequence_shards
 
@@ -70,7 +69,7 @@ class ShardedDeltaRule:
         heads = spec_for(("gdn_value_heads",), v.shape[2:3], self.mesh, self.rules, "gated delta rule heads")[0]
         spec_for(("gdn_key_heads",), k.shape[2:3], self.mesh, self.rules, "gated delta rule key heads")
         sequence_axes = as_axes(seq)
-        check_sequence_split(q.shape[1], math.prod(self.mesh.shape[a] for a in sequence_axes))
+        check_sequence_split(q.shape[1], axes_size(self.mesh, sequence_axes))
         heads4, heads3, state = P(batch, seq, heads, None), P(batch, seq, heads), P(batch, heads, None, None)
         rule = DeltaRule(self.impl, self.backend, sequence_axes, self.exchange)
         arrays, in_specs = [q, k, v, g, beta, segment_ids], [heads4, heads4, heads4, heads3, heads3, P(batch, seq)]

@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.ops.moe.grouped import grouped_swiglu, local_experts, swiglu_experts
-from qwen35_jax.parallel.rules import Rule, as_axes, spec_for
+from qwen35_jax.parallel.rules import Rule, as_axes, axes_size, spec_for
 from qwen35_jax.parallel.runtime import Runtime
 
 ragged_all_to_all = jax.lax.ragged_all_to_all  # module attribute so tests can substitute a CPU emulation
@@ -155,9 +155,9 @@ class ExpertParallel:
         token_spec, gate_spec, down_spec = self.specs(x.shape, gate.shape, down.shape)
         expert_axes, mlp_axes = as_axes(gate_spec[0]), as_axes(gate_spec[2])
         token_axes = as_axes(token_spec[0]) + as_axes(token_spec[1])
-        ep = math.prod(self.mesh.shape[a] for a in expert_axes)
+        ep = axes_size(self.mesh, expert_axes)
         num_experts, top_k = gate.shape[0], experts.shape[-1]
-        local_tokens = x.shape[0] * x.shape[1] // math.prod(self.mesh.shape[a] for a in token_axes)
+        local_tokens = x.shape[0] * x.shape[1] // axes_size(self.mesh, token_axes)
         assignments = local_tokens * top_k
         capacity = min(local_tokens, max(1, math.ceil(self.capacity_factor * assignments / num_experts)))
         buffer = ep * assignments if self.dispatch == "dropless" else min(

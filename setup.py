@@ -31,6 +31,9 @@ setup(
         "test": ["pytest>=8.0", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.8"],
         # libtpu lets a CPU host AOT-compile programs (and Pallas TPU kernels) for real TPU topologies.
         "tpu-aot": ["libtpu>=0.0.51"],
+        # The triton package compiles the Pallas GPU kernels' Triton IR on a CPU host, to measure their shared
+        # memory per GPU generation (tools/triton_smem.py, tests/ops/test_gdn_triton_smem.py).
+        "gpu-aot": ["triton==3.6.0"],
         # configs/vl_tiny.py's digits images are scikit-learn's bundled digits.csv.gz (read by path, not imported).
         "vl": ["scikit-learn>=1.5"],
         # Executing experiments/colab_tiny.ipynb top to bottom (tests/test_colab_notebook.py, Jupyter users).

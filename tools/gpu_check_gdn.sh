@@ -4,17 +4,20 @@
 #     bash tools/gpu_check_gdn.sh [OUT_DIR]        (default build/gpu_check; logs + JSON land there)
 #
 # 1. tests/ops/test_gdn_pallas.py on the GPU: the Pallas Triton kernels run *compiled* (not interpreted) against the
-#    token recurrence — outputs, final state and gradients, the small CI cases plus dk = dv = 128 at T = 2000.
-# 2. tools.bench_gdn at T = 2048, 8192 (B=1, H=16, d=128, fp32): chunked (XLA on the GPU) and pallas_gpu beside the
-#    peers on the same GPU: transformers' torch rule, fla's Triton kernel, MaxText's JAX rule.
+#    token recurrence -- outputs, final state and gradients, the small CI cases plus dk = dv = 128 at T = 2000. XLA
+#    compiles every kernel here, so a kernel over the GPU's shared-memory limit fails this step.
+# 2. tools.bench_gdn at T = 8192 (B=1, H=16, d=128, fp32): chunked (XLA on the GPU) and pallas_gpu beside the peers
+#    on the same GPU: transformers' torch rule, fla's Triton kernel, MaxText's JAX rule (where installed).
 # 3. The same at the 397B layer's shape: Hk=16, Hv=64, bf16, T=8192.
-# Each step has a time limit (240 + 300 + 150 s at most, so it fits a 15-minute GPU lease with the machine's start);
-# a step that runs out keeps what it printed in its log.
+# 4. Six training steps of configs/qwen35_0p8b.py:gpu (bf16, one 4,096-token sequence a step) with the chunked and
+#    with the Triton gated delta rule: median tokens/s and MFU of steps 3-6.
+# Each step has a time limit (120 + 150 + 100 + 2 x 80 s = 530 s, inside 9 minutes); a step that runs out keeps
+# what it printed in its log.
 #
-# It uses the machine's own python3 (jax with CUDA, torch, transformers). Wheels found in .whl/ (e.g. fla-core,
-# maxtext, downloaded with `pip download --no-deps`) are installed into /tmp/gdn_site first: such a machine may have no
-# package index. fp32 matmuls run at full precision (JAX_DEFAULT_MATMUL_PRECISION=highest): XLA's GPU default is tf32,
-# which would make the fp32 reference itself the least accurate party.
+# It uses the machine's own python3 (jax with CUDA, torch, transformers). Wheels found in .whl/ (`make gpu-wheels`:
+# fla-core, and the training stack's packages such an image lacks) are installed into /tmp/gdn_site first: such a
+# machine may have no package index. fp32 matmuls run at full precision (JAX_DEFAULT_MATMUL_PRECISION=highest):
+# XLA's GPU default is tf32, which would make the fp32 reference itself the least accurate party.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-build/gpu_check}
@@ -40,10 +43,30 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT_DIR/NA
   echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
-step pytest_gpu 240 python3 -m pytest -q -s -p no:cacheprovider tests/ops/test_gdn_pallas.py \
-  -k "gpu and (recurrence or bf16 or head_dim)"
-# A worker that has not compiled and run within 75 s is reported as such instead of holding up the peers behind it.
-step bench_fp32 300 python3 -m tools.bench_gdn --seq 2048,8192 --impls chunked --ref-python python3 \
-  --worker-timeout 75 --json "$OUT_DIR/bench_fp32.json"
-step bench_397b_bf16 150 python3 -m tools.bench_gdn --seq 8192 --impls chunked --heads-k 16 --heads-v 64 \
-  --dtype bf16 --peers fla,hf-torch --ref-python python3 --worker-timeout 75 --json "$OUT_DIR/bench_397b_bf16.json"
+step pytest_gpu 120 python3 -m pytest -q -s -p no:cacheprovider tests/ops/test_gdn_pallas.py \
+  -k "gpu and (recurrence or bf16 or head_dim) and not interpreted"
+# A worker that has not compiled and run within 60 s is reported as such instead of holding up the peers behind it.
+step bench_fp32 150 python3 -m tools.bench_gdn --seq 8192 --impls chunked --ref-python python3 \
+  --worker-timeout 60 --json "$OUT_DIR/bench_fp32.json"
+step bench_397b_bf16 100 python3 -m tools.bench_gdn --seq 8192 --impls chunked --heads-k 16 --heads-v 64 \
+  --dtype bf16 --peers fla,hf-torch --ref-python python3 --worker-timeout 60 --json "$OUT_DIR/bench_397b_bf16.json"
+for impl in chunked pallas_gpu; do
+  rm -rf "/tmp/gdn_train_$impl"
+  step "train_0p8b_$impl" 80 python3 -m experiments.train --config configs/qwen35_0p8b.py:gpu \
+    --workdir "/tmp/gdn_train_$impl" --config.model.gdn_impl="$impl" --config.train.steps=6 \
+    --config.checkpoint.every=1000
+done
+python3 - "$OUT_DIR" <<'PY' | tee "$OUT_DIR/train_0p8b.md"
+import json, statistics, sys
+print("| gdn_impl | tokens/s (median, steps 3-6) | MFU |\n|---|---|---|")
+for impl in ("chunked", "pallas_gpu"):
+    try:
+        rows = [json.loads(line) for line in open(f"/tmp/gdn_train_{impl}/metrics.jsonl")]
+    except OSError:
+        print(f"| {impl} | did not finish (see train_0p8b_{impl}.log) | |")
+        continue
+    rows = [r for r in rows if r.get("step", 0) >= 3 and "tokens_per_s" in r]
+    tps = statistics.median(r["tokens_per_s"] for r in rows) if rows else float("nan")
+    mfu = statistics.median(r.get("mfu", float("nan")) for r in rows) if rows else float("nan")
+    print(f"| {impl} | {tps:,.0f} | {mfu:.1%} |")
+PY

@@ -5,6 +5,7 @@ hardware) accepted by ``experiments.train`` / ``eval`` / ``generate`` and ``tool
 
 * ``cpu_recipe``: the real architecture and the real 248,320-id vocabulary on the local CPU devices, short
   sequences, fp32 master weights with bf16 AdamW moments (so the 0.8B fits a 24 GiB machine), LM head in chunks;
+* ``gpu_recipe``: the local GPU(s), bf16 weights and moments, 4,096-token sequences;
 * ``pod_recipe``: a TPU topology (``hardware.topology``) with its mesh, bf16 weights and moments with fp32
   gradients, full per-layer remat, the Pallas TPU gated delta rule, ragged expert dispatch, LM head in chunks,
   ``batch_per_chip`` sequences of ``seq_len`` tokens per chip; ``multihost.enabled`` (every host of the slice runs
@@ -57,6 +58,21 @@ def cpu_recipe(name: str, preset_name: str, *, seq_len: int = 128, batch_size: i
         train={"steps": 100, "learning_rate": 3e-4, "warmup_steps": 2, "moment_dtype": "bfloat16",
                "loss_chunk": loss_chunk, "log_every": 1, "eval_batches": 1},
         checkpoint={"every": 50, "keep": 2})
+
+
+def gpu_recipe(name: str, preset_name: str, *, seq_len: int = 4096, batch_size: int = 1,
+               loss_chunk: int = 256) -> ml_collections.ConfigDict:
+    """Training on the local GPU(s), FSDP over all of them: bf16 weights and moments with fp32 gradients, full
+    per-layer remat, ``batch_size`` sequences of ``seq_len`` tokens a step, the bundled Shakespeare corpus, the gated
+    delta rule core ``auto`` picks for the GPU (``--config.model.gdn_impl`` overrides it)."""
+    return experiment(
+        name, preset_name,
+        model={"dtype": "bfloat16", "param_dtype": "bfloat16", "remat_policy": "full", "gdn_impl": "auto",
+               "scan_unroll": 1},
+        data={"corpora": "shakespeare", "seq_len": seq_len, "batch_size": batch_size},
+        train={"steps": 1000, "learning_rate": 3e-4, "warmup_steps": 50, "moment_dtype": "bfloat16",
+               "loss_chunk": loss_chunk, "log_every": 1, "eval_every": 500},
+        checkpoint={"every": 500, "keep": 2})
 
 
 def pod_recipe(name: str, preset_name: str, topology: str, chips: int, mesh: Mapping[str, int], *,

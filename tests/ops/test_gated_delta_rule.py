@@ -255,7 +255,8 @@ def test_auto_resolves_for_the_given_backend():
     assert jax.default_backend() == "cpu"
     assert api.resolve_impl("auto", None) == "chunked"
     assert api.resolve_impl("auto", "tpu") == "pallas_tpu"
-    assert api.resolve_impl("auto", "gpu") == "pallas_gpu"
+    assert api.resolve_impl("auto", "gpu") == "chunked"  # until the phased Triton kernels are measured on a GPU
+    assert api.resolve_impl("pallas_gpu", "gpu") == "pallas_gpu"
     assert api.resolve_impl("pallas_tpu", "cpu", interpret=True) == "pallas_tpu"
     with pytest.raises(ValueError, match="needs a tpu backend but the target backend is 'cpu'"):
         api.resolve_impl("pallas_tpu", "cpu")

@@ -122,6 +122,14 @@ def test_compiled_kernel_at_model_head_dim(backend):
     print("relative errors vs recurrence:", assert_matches_recurrence(CORES[backend], x, segment_ids, cot))
 
 
+def test_gpu_kernels_at_model_head_dim_interpreted():
+    """dk = dv = 128 in interpret mode (CI): two 64-wide value tiles, grouped heads, an initial state, a reset inside
+    the second chunk and a ragged last chunk -- the model's head shape through every phase of the GPU kernels."""
+    x, segment_ids, cot = make_case(8, 1, 130, 1, 2, 128, 128, starts=[[70]])
+    assert_matches_recurrence(functools.partial(pallas_gpu.gated_delta_rule_core, interpret=True), x, segment_ids,
+                              cot)
+
+
 def test_tpu_lane_dense_layout_matches_recurrence():
     """dk = 128 and 128-wide value tiles: the production layout (the [B, T, H*d] view, no head transposes)."""
     x, segment_ids, cot = make_case(1, 1, 70, 1, 2, 128, 256, starts=[[33]])
@@ -245,7 +253,8 @@ def test_gpu_kernels_lower_to_triton():
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
         lowered = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)))).trace(*args)
         text = lowered.lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("__gpu$xla.gpu.triton") == 3  # forward, state pass, backward
+    # forward: prepare, state walk, output; backward: prepare, state walk, local dVn, reverse walk, local gradients
+    assert text.count("__gpu$xla.gpu.triton") == 8
 
 
 def test_tpu_kernel_inside_shard_map():

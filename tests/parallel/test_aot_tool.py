@@ -47,13 +47,16 @@ def test_release_variants_are_complete_experiment_configs(spec):
         assert config.data.seq_len == 4096 * sizes["sequence"]  # a longer sequence is split over chips
         assert config.data.seq_len % config.train.loss_chunk == 0
         assert config.train.loss_chunk // sizes["sequence"] == 256  # 256 LM-head positions per chip per chunk
+    elif spec.endswith(":gpu"):  # the local GPU(s): bf16, 4,096-token sequences, the core auto picks
+        assert (config.model.dtype, config.data.seq_len, config.model.gdn_impl) == ("bfloat16", 4096, "auto")
     else:
         assert spec.endswith(":cpu")
 
 
 def test_unknown_variant_and_generation_are_named():
-    with pytest.raises(ValueError, match=r"configs/qwen35_0p8b.py:gpu is unknown; choose one of \['cpu', 'v5p-4'\]"):
-        load_config_file(str(ROOT / "configs" / "qwen35_0p8b.py") + ":gpu")
+    with pytest.raises(ValueError,
+                       match=r"configs/qwen35_0p8b.py:tpu is unknown; choose one of \['cpu', 'gpu', 'v5p-4'\]"):
+        load_config_file(str(ROOT / "configs" / "qwen35_0p8b.py") + ":tpu")
     with pytest.raises(ValueError, match=r"unknown TPU generation 'v3'"):
         accelerator_for_topology("v3:2x2")
 

@@ -22,6 +22,11 @@ __all__ = ["IMPLS", "gated_delta_rule", "resolve_impl"]
 
 IMPLS = ("auto", "recurrent", "chunked", "pallas_tpu", "pallas_gpu")
 L2NORM_EPS = 1e-6
+# What ``impl="auto"`` runs per backend: the fastest core measured correct there (README "Gated delta rule"). On a GPU
+# that is the XLA ``chunked`` core: the only H200 measurement of ``pallas_gpu`` is of its previous one-kernel design
+# (forward 2.6x slower than ``chunked``, backward over the shared-memory limit at dk = 128); the phased kernels are
+# opt-in (``impl="pallas_gpu"``) until ``tools/gpu_check_gdn.sh`` has measured them.
+AUTO_IMPL = {"tpu": "pallas_tpu", "cpu": "chunked", "gpu": "chunked", "cuda": "chunked", "rocm": "chunked"}
 # Backend names (jax.default_backend()) each Pallas core can run on without interpret mode.
 _PALLAS_BACKENDS = {"pallas_tpu": ("tpu",), "pallas_gpu": ("gpu", "cuda", "rocm")}
 
@@ -90,11 +95,7 @@ def resolve_impl(impl: str, backend: str | None, interpret: bool = False) -> str
     backend unless ``interpret``."""
     backend = backend or jax.default_backend()
     if impl == "auto":
-        if backend == "tpu":
-            return "pallas_tpu"
-        if backend in _PALLAS_BACKENDS["pallas_gpu"]:
-            return "pallas_gpu"
-        return "chunked"
+        return AUTO_IMPL.get(backend, "chunked")
     if impl in _PALLAS_BACKENDS and backend not in _PALLAS_BACKENDS[impl] and not interpret:
         raise ValueError(
             f"gated_delta_rule: impl={impl!r} needs a {'/'.join(_PALLAS_BACKENDS[impl])} backend but the target "
@@ -154,7 +155,8 @@ def gated_delta_rule(
       output_final_state: also return the fp32 state after the last token (else None).
       segment_ids: ``[B, T]`` int; the state resets wherever the id changes (packed documents).
       use_qk_l2norm: L2-normalise q and k (eps 1e-6 inside the rsqrt) before scaling.
-      impl: "auto" (Pallas on TPU/GPU, chunked on CPU), "recurrent", "chunked", "pallas_tpu" or "pallas_gpu".
+      impl: "auto" (``AUTO_IMPL``: Pallas on TPU, chunked on CPU and GPU), "recurrent", "chunked", "pallas_tpu" or
+        "pallas_gpu".
       backend: the target backend ("cpu", "gpu", "tpu"; None: ``jax.default_backend()``) that ``impl="auto"`` and
         the chunked core's work size are chosen for.
       interpret: run a Pallas core in interpret mode (allows it on any backend).

@@ -4,9 +4,12 @@ Two halves, both used by ``pallas_tpu`` and ``pallas_gpu``:
 
 * In-kernel algebra on one chunk (``CHUNK`` tokens) of one value head, written with 2-D arrays and only ops that
   lower on both Mosaic TPU and Triton (dot, exp, where, iota, axis sums; no cumsum, no 1-D vectors):
-  ``chunk_forward``, ``chunk_backward`` and ``unit_lower_inverse``.
+  ``chunk_forward``, ``chunk_backward`` and ``unit_lower_inverse``. Both are compositions of phases the GPU
+  kernels launch separately (numerics §2.5 "GPU phases"): ``chunk_prepare`` -> ``state_step`` -> ``chunk_output``
+  forward; ``chunk_dvn_local`` -> ``dstate_step`` -> ``chunk_local_grads`` backward. Only ``state_step`` and
+  ``dstate_step`` carry anything from chunk to chunk.
 * Host-side plumbing: packing the core-contract inputs into the kernel layout, the ``jax.custom_vjp`` wiring around
-  three kernel launches (forward, state pass, backward) and the reduction of per-tile partial gradients.
+  a backend's forward and backward launches and the reduction of per-tile partial gradients.
 
 Per chunk, with cumulative log-decay gamma_i = sum_{j<=i} g_j (computed outside the kernels, Pallas TPU has no
 cumsum) and sigma_i = the number of segment starts at or before i inside the chunk:
@@ -129,7 +132,7 @@ def unit_lower_inverse(a: jax.Array) -> jax.Array:
     return inv
 
 
-class _Decay(NamedTuple):
+class Decay(NamedTuple):
     eye: jax.Array  # [C, C] bool
     last: jax.Array  # [1, C] bool, one-hot at the chunk's last position
     d: jax.Array  # [C, C] D (lower incl. diagonal, same segment)
@@ -139,40 +142,77 @@ class _Decay(NamedTuple):
     lam: jax.Array  # [1, 1]
 
 
-def _decay(gam_row: jax.Array, seg_row: jax.Array) -> _Decay:
+def _last_entry(row: jax.Array) -> jax.Array:
+    """[1, C] -> [1, 1]: the chunk's last entry (a masked lane sum; no scalar indexing in Mosaic or Triton)."""
+    return jnp.sum(jnp.where(_iota(row.shape, 1) == row.shape[1] - 1, row, 0.0), axis=1, keepdims=True)
+
+
+def chunk_lam(gam_row: jax.Array, seg_row: jax.Array) -> jax.Array:
+    """lam [1, 1]: decay of the incoming state over the whole chunk (0 when a segment starts inside it)."""
+    return jnp.exp(jnp.where(_last_entry(seg_row) == 0.0, _last_entry(gam_row), -jnp.inf))
+
+
+def entry_decay(gam_row: jax.Array, seg_row: jax.Array, eye: jax.Array) -> jax.Array:
+    """e [C, 1]: decay of the incoming state as seen by each token (0 from the chunk's first segment start on)."""
+    return jnp.exp(jnp.where(_row_to_col(seg_row, eye) == 0.0, _row_to_col(gam_row, eye), -jnp.inf))
+
+
+def eye_mask(size: int) -> jax.Array:
+    """[C, C] bool identity (the masked-reduction transposes need it)."""
+    return _iota((size, size), 0) == _iota((size, size), 1)
+
+
+def decay(gam_row: jax.Array, seg_row: jax.Array) -> Decay:
+    """The decay factors of one chunk (module docstring) from its cumulative log-decay and segment-index rows."""
     size = gam_row.shape[1]
     rows, cols = _iota((size, size), 0), _iota((size, size), 1)
-    eye = rows == cols
-    last = _iota((1, size), 1) == size - 1
+    eye = eye_mask(size)
     gam, seg = _row_to_col(gam_row, eye), _row_to_col(seg_row, eye)
-    gam_last = jnp.sum(jnp.where(last, gam_row, 0.0), axis=1, keepdims=True)
-    seg_last = jnp.sum(jnp.where(last, seg_row, 0.0), axis=1, keepdims=True)
+    gam_last, seg_last = _last_entry(gam_row), _last_entry(seg_row)
     d = jnp.exp(jnp.where((rows >= cols) & (seg == seg_row), gam - gam_row, -jnp.inf))
-    return _Decay(
+    return Decay(
         eye=eye,
-        last=last,
+        last=_iota((1, size), 1) == size - 1,
         d=d,
         d_strict=jnp.where(rows > cols, d, 0.0),
-        e=jnp.exp(jnp.where(seg == 0.0, gam, -jnp.inf)),
+        e=entry_decay(gam_row, seg_row, eye),
         f=jnp.exp(jnp.where(seg == seg_last, gam_last - gam, -jnp.inf)),
-        lam=jnp.exp(jnp.where(seg_last == 0.0, gam_last, -jnp.inf)),
+        lam=chunk_lam(gam_row, seg_row),
     )
 
 
-class _Transform(NamedTuple):
-    kk: jax.Array  # K K^T [C, C]
-    tm: jax.Array  # (I + A)^-1 [C, C]
-    u: jax.Array  # [C, dv]
-    w: jax.Array  # [C, dk]
-    vn: jax.Array  # U - W S [C, dv]
+class Prepared(NamedTuple):
+    """Value-independent per-chunk factors of the WY/UT transform (``chunk_prepare``)."""
+
+    tm: jax.Array  # (I + A)^-1 [C, C] fp32
+    w: jax.Array  # Tm diag(beta e) K [C, dk] fp32
+    u: jax.Array  # Tm diag(beta) V [C, dv] fp32 (linear in the value columns)
+    kf: jax.Array  # diag(f) K [C, dk] fp32: the keys as they enter the end-of-chunk state
 
 
-def _transform(k, v, s, beta, dec: _Decay, dtype) -> _Transform:
-    kk = _mm_nt(k, k, dtype)
-    tm = unit_lower_inverse(beta * kk * dec.d_strict)
-    u = _mm(tm, beta * v.astype(jnp.float32), dtype)
-    w = _mm(tm, (beta * dec.e) * k.astype(jnp.float32), dtype)
-    return _Transform(kk, tm, u, w, u - _mm(w, s, dtype))
+def chunk_prepare(k, v, beta_row, dec: Decay) -> Prepared:
+    """Everything of one chunk that does not depend on the incoming state; k [C, dk], v [C, dv] input dtype."""
+    dtype = k.dtype
+    kf32 = k.astype(jnp.float32)
+    beta = _row_to_col(beta_row, dec.eye)
+    tm = unit_lower_inverse(beta * _mm_nt(k, k, dtype) * dec.d_strict)
+    return Prepared(
+        tm=tm,
+        w=_mm(tm, (beta * dec.e) * kf32, dtype),
+        u=_mm(tm, beta * v.astype(jnp.float32), dtype),
+        kf=dec.f * kf32,
+    )
+
+
+def state_step(kf, w, u, s, lam, dtype) -> tuple[jax.Array, jax.Array]:
+    """The only sequential part of the forward: Vn = U - W S, S' = lam S + (diag(f) K)^T Vn -> (Vn, S')."""
+    vn = u - _mm(w, s, dtype)
+    return vn, lam * s + _mm_tn(kf, vn, dtype)
+
+
+def chunk_output(q, k, vn, s, dec: Decay, dtype) -> jax.Array:
+    """O = diag(e) Q S + (Q K^T * D) Vn [C, dv] fp32."""
+    return _mm(dec.e * q.astype(jnp.float32), s, dtype) + _mm(_mm_nt(q, k, dtype) * dec.d, vn, dtype)
 
 
 def chunk_forward(q, k, v, s, gam_row, beta_row, seg_row):
@@ -182,13 +222,10 @@ def chunk_forward(q, k, v, s, gam_row, beta_row, seg_row):
     [1, C] fp32 (cumulative log-decay, write strength, in-chunk segment index).
     """
     dtype = k.dtype
-    dec = _decay(gam_row, seg_row)
-    tr = _transform(k, v, s, _row_to_col(beta_row, dec.eye), dec, dtype)
-    s_next = dec.lam * s + _mm_tn(dec.f * k.astype(jnp.float32), tr.vn, dtype)
-    if q is None:
-        return None, s_next
-    o = _mm(dec.e * q.astype(jnp.float32), s, dtype) + _mm(_mm_nt(q, k, dtype) * dec.d, tr.vn, dtype)
-    return o, s_next
+    dec = decay(gam_row, seg_row)
+    prep = chunk_prepare(k, v, beta_row, dec)
+    vn, s_next = state_step(prep.kf, prep.w, prep.u, s, dec.lam, dtype)
+    return (None if q is None else chunk_output(q, k, vn, s, dec, dtype)), s_next
 
 
 class ChunkGrads(NamedTuple):
@@ -197,46 +234,71 @@ class ChunkGrads(NamedTuple):
     dv: jax.Array  # [C, dv] fp32
     dbeta: jax.Array  # [1, C] fp32
     dgam: jax.Array  # [1, C] fp32, w.r.t. the cumulative log-decay gamma
-    ds: jax.Array  # [dk, dv] fp32, w.r.t. the incoming state
+    ds: jax.Array | None  # [dk, dv] fp32, w.r.t. the incoming state (None from ``chunk_local_grads``)
 
 
-def chunk_backward(q, k, v, s, do, ds_next, gam_row, beta_row, seg_row) -> ChunkGrads:
-    """Transpose of ``chunk_forward`` given dO [C, dv] and dS' [dk, dv] (fp32); other arguments as there."""
+def chunk_dvn_local(q, k, do, dec: Decay, dtype) -> jax.Array:
+    """(Q K^T * D)^T dO [C, dv]: the part of dL/dVn that does not depend on later chunks."""
+    return _mm_tn(_mm_nt(q, k, dtype) * dec.d, do, dtype)
+
+
+def dstate_step(qe, kf, w, do, dvn_local, ds_next, lam, dtype) -> tuple[jax.Array, jax.Array]:
+    """The only sequential part of the backward, walking chunks last to first -> (dL/dVn, dL/dS).
+
+    qe = diag(e) Q; dS' is the gradient of the state leaving the chunk.
+    """
+    d_vn = dvn_local + _mm(kf, ds_next, dtype)
+    return d_vn, _mm_tn(qe, do, dtype) + lam * ds_next - _mm_tn(w, d_vn, dtype)
+
+
+def chunk_local_grads(q, k, v, s, ds_next, do, vn, d_vn, prep: Prepared, beta_row, dec: Decay) -> ChunkGrads:
+    """dq, dk, dv, dbeta, dgamma of one chunk given its states (S in, dS' out) and dL/dVn; ``ds`` is None.
+
+    Every term is linear in the value columns of (v, s, ds_next, do, vn, d_vn, prep.u), so with value tiles the
+    results other than dv are per-tile partials.
+    """
     dtype = k.dtype
     f32 = jnp.float32
-    dec = _decay(gam_row, seg_row)
     beta = _row_to_col(beta_row, dec.eye)
-    tr = _transform(k, v, s, beta, dec, dtype)
     qf, kf, vf = q.astype(f32), k.astype(f32), v.astype(f32)
-
+    kk = _mm_nt(k, k, dtype)
     qk = _mm_nt(q, k, dtype)
-    d_vn = _mm_tn(qk * dec.d, do, dtype) + _mm(dec.f * kf, ds_next, dtype)
-    ds = _mm_tn(dec.e * qf, do, dtype) + dec.lam * ds_next - _mm_tn(tr.w, d_vn, dtype)
 
-    dp = _mm_nt(do, tr.vn, dtype)  # dL/d(QK^T * D)
+    dp = _mm_nt(do, vn, dtype)  # dL/d(QK^T * D)
     dpd = dp * dec.d
     do_st = _mm_nt(do, s, dtype)  # dO S^T
-    vn_dst = _mm_nt(tr.vn, ds_next, dtype)  # Vn dS'^T
-    x = _mm_tn(tr.tm, d_vn, dtype)  # Tm^T dU
-    y = -_mm_tn(tr.tm, _mm_nt(d_vn, s, dtype), dtype)  # Tm^T dW, dW = -dVn S^T
+    vn_dst = _mm_nt(vn, ds_next, dtype)  # Vn dS'^T
+    x = _mm_tn(prep.tm, d_vn, dtype)  # Tm^T dU
+    y = -_mm_tn(prep.tm, _mm_nt(d_vn, s, dtype), dtype)  # Tm^T dW, dW = -dVn S^T
     y_k = jnp.sum(y * kf, axis=1, keepdims=True)
 
-    d_a_d = -(_mm_nt(x, tr.u, dtype) + _mm_nt(y, tr.w, dtype)) * dec.d_strict  # dL/dA, masked like A, times D
+    d_a_d = -(_mm_nt(x, prep.u, dtype) + _mm_nt(y, prep.w, dtype)) * dec.d_strict  # dL/dA, masked like A, times D
     g_a = beta * d_a_d
     dq = dec.e * do_st + _mm(dpd, k, dtype)
     dk = (_mm_tn(dpd, q, dtype) + dec.f * vn_dst + (beta * dec.e) * y
           + _mm(g_a, k, dtype) + _mm_tn(g_a, k, dtype))
-    dbeta = jnp.sum(x * vf, axis=1, keepdims=True) + dec.e * y_k + jnp.sum(d_a_d * tr.kk, axis=1, keepdims=True)
+    dbeta = jnp.sum(x * vf, axis=1, keepdims=True) + dec.e * y_k + jnp.sum(d_a_d * kk, axis=1, keepdims=True)
 
     # Log-decay: D_ij pulls +gamma_i / -gamma_j; e_i = exp(gamma_i); f_j = exp(gamma_C - gamma_j); lam = exp(gamma_C).
-    z = (dp * qk * dec.d) + (d_a_d * beta * tr.kk)
+    z = (dp * qk * dec.d) + (d_a_d * beta * kk)
     de = jnp.sum(qf * do_st, axis=1, keepdims=True) + beta * y_k
     df = jnp.sum(kf * vn_dst, axis=1, keepdims=True)
     dlam = jnp.sum(jnp.sum(s * ds_next, axis=1, keepdims=True), axis=0, keepdims=True)
     to_last = jnp.sum(dec.f * df, axis=0, keepdims=True) + dec.lam * dlam
     dgam_col = jnp.sum(z, axis=1, keepdims=True) + dec.e * de - dec.f * df
     dgam = _col_to_row(dgam_col, dec.eye) - jnp.sum(z, axis=0, keepdims=True) + jnp.where(dec.last, to_last, 0.0)
-    return ChunkGrads(dq, dk, beta * x, _col_to_row(dbeta, dec.eye), dgam, ds)
+    return ChunkGrads(dq, dk, beta * x, _col_to_row(dbeta, dec.eye), dgam, None)
+
+
+def chunk_backward(q, k, v, s, do, ds_next, gam_row, beta_row, seg_row) -> ChunkGrads:
+    """Transpose of ``chunk_forward`` given dO [C, dv] and dS' [dk, dv] (fp32); other arguments as there."""
+    dtype = k.dtype
+    dec = decay(gam_row, seg_row)
+    prep = chunk_prepare(k, v, beta_row, dec)
+    vn, _ = state_step(prep.kf, prep.w, prep.u, s, dec.lam, dtype)
+    d_vn, ds = dstate_step(dec.e * q.astype(jnp.float32), prep.kf, prep.w, do, chunk_dvn_local(q, k, do, dec, dtype),
+                           ds_next, dec.lam, dtype)
+    return chunk_local_grads(q, k, v, s, ds_next, do, vn, d_vn, prep, beta_row, dec)._replace(ds=ds)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,15 +331,13 @@ class Partials(NamedTuple):
 
 
 class ChunkKernels(Protocol):
-    """The three launches a backend provides; implementations must be hashable (they are a static argument)."""
+    """A backend's launches; implementations must be hashable (they are a static argument). Only the inputs are
+    saved between forward and backward: the backward recomputes what it needs (e.g. the per-chunk states)."""
 
     def forward(self, x: Packed) -> tuple[jax.Array, jax.Array]:
         """-> o [B, Tp, Hv*dv] fp32, final state [B, Hv, dk, dv] fp32."""
 
-    def states(self, x: Packed) -> jax.Array:
-        """-> state entering every chunk [B, Hv, n_chunks, dk, dv] fp32 (recomputed for the backward pass)."""
-
-    def backward(self, x: Packed, states: jax.Array, do: jax.Array, ds_final: jax.Array) -> Partials:
+    def backward(self, x: Packed, do: jax.Array, ds_final: jax.Array) -> Partials:
         """do [B, Tp, Hv*dv] fp32, ds_final [B, Hv, dk, dv] fp32."""
 
 
@@ -335,10 +395,10 @@ def _pack(q, k, v, g, beta, s0, seg) -> Packed:
     )
 
 
-def out_struct(shape: tuple[int, ...], like: tuple[jax.Array, ...]) -> jax.ShapeDtypeStruct:
-    """fp32 pallas_call output type varying over the manual mesh axes of its inputs (needed inside shard_map)."""
+def out_struct(shape: tuple[int, ...], like: tuple[jax.Array, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+    """pallas_call output type (fp32 unless given) varying over the manual mesh axes of its inputs (shard_map)."""
     varying = frozenset().union(*(jax.typeof(x).mat.varying for x in like))
-    return jax.ShapeDtypeStruct(shape, jnp.float32, manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
 
 
 def _match_varying(*arrays: jax.Array) -> tuple[jax.Array, ...]:
@@ -380,7 +440,7 @@ def _core_bwd(kernels, residuals, cotangents):
     batch, length, h_k, d_k = q.shape
     h_v = v.shape[2]
     x = _pack(q, k, v, g, beta, s0, seg)
-    parts = kernels.backward(x, kernels.states(x), _flat(do.astype(jnp.float32), length), ds_final.astype(jnp.float32))
+    parts = kernels.backward(x, _flat(do.astype(jnp.float32), length), ds_final.astype(jnp.float32))
     tiles = parts.dq.shape[2] // (h_v * d_k)
 
     def group_sum(p):  # [B, Tp, Hv*n*dk] -> [B, T, Hk, dk]: value heads h_k*r .. h_k*r + r - 1 read key head h_k

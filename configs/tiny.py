@@ -5,17 +5,18 @@
   python -m experiments.train --config configs/tiny.py --workdir runs/x --config.data.corpora=shakespeare,wiki_en
 
 8 layers = 2 x (3 GDN + 1 attention), hidden 128, 8 experts top-2 + a shared expert (7.8 M parameters, 5.5 M of
-them embedding / LM head). Trains on 40 of the 42 Shakespeare plays (2 held out for validation) with the real
-Qwen3.5 tokenizer and a compact vocabulary of the 21,395 ids the training plays use; batches of 8 x 256 tokens.
+them embedding / LM head). Trains on 41 of the 42 Shakespeare plays (Coriolanus is held out by the hash split of
+qwen35_jax.data.prepared.documents) with the real Qwen3.5 tokenizer and a compact vocabulary of the 21,574 ids the
+training plays use (+ <unk>); batches of 8 x 256 tokens, prepared into the workdir on the first run.
 
-Expected: validation loss ~10.0 (= ln 21395, uniform) at step 0 and ~6.6 after 30 steps (>= 3 nats lower).
-Measured with `make demo` (experiments.train + experiments.eval; grain data, orbax checkpoints every 10 steps) on a
-quiet 2-core machine: 2 min 08 s - 2 min 19 s wall in two runs (data 3 s, model init 2 s from the compilation
-cache, 17 s without it, validation 9-11 s, train-step compile 38-41 s, then 990-1,341 tokens/s).
+Expected: validation loss ~10.0 (= ln 21575, uniform) at step 0 and ~6.8 after 30 steps (>= 3 nats lower).
+Measured with `make demo` (experiments.train + experiments.eval; prepared data, orbax checkpoints every 10 steps)
+on a quiet 2-core machine with a warm compilation cache: 1 min 42 s wall (data 1.5 s, model init 14 s, train-step
+compile 20 s, then 1,470-2,020 tokens/s).
 
   step         0      5     10     15     20     25     30
-  train loss   -    9.87   8.37   7.21   7.11   6.42   6.61
-  val loss   10.00                                       6.59   (-3.41 nats)
+  train loss   -    9.84   8.38   7.11   6.84   6.80   6.65
+  val loss   10.00                                       6.82   (-3.18 nats)
 
 ``:test`` is the shrunk variant the resume / NaN tests use (8 steps, checkpoint every 2).
 """
@@ -23,6 +24,8 @@ cache, 17 s without it, validation 9-11 s, train-step compile 38-41 s, then 990-
 from __future__ import annotations
 
 import ml_collections
+
+from qwen35_jax.parallel import multihost
 
 VARIANTS = ("moe", "dense", "test")
 
@@ -108,6 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict({"every": 10, "keep": 3})
     # Mesh axis sizes (qwen35_jax.parallel.mesh); the defaults put every device on fsdp.
     config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "sequence": 1, "expert": 1, "tensor": 1})
+    # Several processes (qwen35_jax.parallel.multihost): --config.multihost.enabled=True and, where the cluster is not
+    # detected, --config.multihost.{coordinator_address,num_processes,process_id}.
+    config.multihost = multihost.config_section()
 
     if test:
         config.model.update(hidden_size=32, num_hidden_layers=4, num_experts=4, moe_intermediate_size=16,

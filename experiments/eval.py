@@ -4,7 +4,7 @@
 
 Reads the newest readable checkpoint (or ``--step``) of ``WORKDIR/checkpoints``: the model is rebuilt from the
 ModelConfig stored in the checkpoint, on the mesh of the config's ``mesh`` section (as in training); the validation
-documents come from the config's ``data`` section (the same deterministic split, token cache and compact vocabulary
+windows come from the config's ``data`` section (the same prepared datasets, held-out split and compact vocabulary
 as training). ``--batches 0`` evaluates every validation row; the default uses ``config.train.eval_batches``
 batches like the training loop. The MQAR settings of ``data.mqar_eval`` are scored on their fixed evaluation rows
 (``qwen35_jax.train.probes``). Prints the tables and writes ``WORKDIR/eval_step<N>.json``: per corpus its loss,
@@ -24,9 +24,9 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from qwen35_jax.data import prepare_text_data
 from qwen35_jax.train.cli import run
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
+from qwen35_jax.train.data_sources import text_data
 from qwen35_jax.train.probes import bits_per_byte, build_probes, mqar_scores, nll_sum
 from qwen35_jax.train.restore import restore_model, runtime_from_config
 from qwen35_jax.train.step import make_eval_step
@@ -50,9 +50,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     model, meta = restore_model(workdir, runtime_from_config(config), step)  # on config.mesh, as in training
     model_config = model.config
     data_cfg = config.data
-    data = prepare_text_data(data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
-                             split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
-                             compact_vocab_max_size=data_cfg.compact_vocab_max_size or None)
+    data = text_data(config, workdir)
     if data.vocab_size != model_config.vocab_size:
         raise ValueError(f"the data's vocabulary has {data.vocab_size} ids but the checkpoint's model has "
                          f"{model_config.vocab_size}: evaluate with the config (data section) used for training")

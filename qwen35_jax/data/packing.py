@@ -18,8 +18,7 @@ Padding positions hold token id 0 (a valid id in any vocabulary; they are masked
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,26 +73,6 @@ def pack_documents(documents: Sequence[np.ndarray], seq_len: int, *, drop_remain
         segment_ids=segments[:, :-1],
         loss_mask=(segments[:, :-1] > 0) & (segments[:, :-1] == segments[:, 1:]),
     )
-
-
-def shuffled_batches(documents: Sequence[np.ndarray], seq_len: int, batch_size: int, *,
-                     seed: int) -> Iterator[Batch]:
-    """Endless ``[batch_size, seq_len]`` training batches. Each epoch shuffles the document order and then the
-    packed rows with ``np.random.default_rng([seed, epoch])``, so the stream is a pure function of the seed.
-    The last incomplete batch of an epoch is dropped."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    num_pairs = sum(len(d) for d in documents) - 1
-    if num_pairs < batch_size * seq_len:
-        raise ValueError(f"the training documents hold {max(num_pairs, 0)} next-token pairs, fewer than one batch of "
-                         f"batch_size={batch_size} x seq_len={seq_len}; lower batch_size or seq_len, or add text")
-    for epoch in itertools.count():
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(documents))
-        rows = pack_documents([documents[i] for i in order], seq_len, drop_remainder=True)
-        row_order = rng.permutation(len(rows))
-        for start in range(0, len(rows) - batch_size + 1, batch_size):
-            yield rows.take(row_order[start:start + batch_size])
 
 
 def fixed_batches(rows: PackedRows, batch_size: int, max_batches: int) -> list[Batch]:

@@ -47,14 +47,21 @@ class CompactVocab:
               max_size: int | None = None) -> CompactVocab:
         """The ids used in ``documents`` plus ``always_include``; with ``max_size``, only the ``max_size - 1`` most
         frequent of them (``always_include`` first, then by count, ties by smaller id)."""
+        tokens = np.concatenate([np.asarray(d, dtype=np.int64).ravel() for d in documents] + [np.zeros(0, np.int64)])
+        if tokens.size and tokens.min() < 0:
+            raise ValueError(f"documents contain negative token id {tokens.min()}; token ids must be >= 0")
+        return cls.from_counts(np.bincount(tokens), always_include=always_include, max_size=max_size)
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, *, always_include: Sequence[int] = (),
+                    max_size: int | None = None) -> CompactVocab:
+        """``build`` from token-id counts (``counts[i]`` = occurrences of id ``i``, e.g. a prepared dataset's
+        ``token_counts``): the same vocabulary as ``build`` on the documents they were counted from."""
         forced = list(dict.fromkeys(int(i) for i in always_include))
         if max_size is not None and max_size < len(forced) + 2:
             raise ValueError(f"max_size={max_size} is too small: it must hold <unk>, the {len(forced)} "
                              f"always-included id(s) and at least one more; raise it (e.g. to 8192) or use None")
-        tokens = np.concatenate([np.asarray(d, dtype=np.int64).ravel() for d in documents] + [np.zeros(0, np.int64)])
-        if tokens.size and tokens.min() < 0:
-            raise ValueError(f"documents contain negative token id {tokens.min()}; token ids must be >= 0")
-        counts = np.bincount(tokens)
+        counts = np.asarray(counts, np.int64)
         used = np.flatnonzero(counts)
         used = used[~np.isin(used, forced)]
         # Most frequent first, ties by smaller id (lexsort sorts by the last key first).
@@ -65,6 +72,11 @@ class CompactVocab:
         if not keep:
             raise ValueError("documents contain no tokens and always_include is empty; nothing to build from")
         return cls(np.sort(np.asarray(keep, dtype=np.int64)))
+
+    def model_table(self, size: int) -> np.ndarray:
+        """int32 ``[size]``: the compact id of every real id ``0 .. size-1`` (``UNK_ID`` outside the vocabulary), for
+        mapping whole windows at once."""
+        return self.to_compact(np.arange(size))
 
     def to_compact(self, real_ids: np.ndarray) -> np.ndarray:
         """Real ids -> compact ids (int32, same shape); ids outside the vocabulary become ``UNK_ID``."""

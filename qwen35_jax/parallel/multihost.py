@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 
@@ -24,6 +25,15 @@ FIELDS = ("enabled", "coordinator_address", "num_processes", "process_id", "cpu_
 _ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 
 log = logging.getLogger(__name__)
+
+
+def config_section() -> ml_collections.ConfigDict:
+    """The whole ``multihost`` section with its defaults, for a config file to declare, so that every field can be
+    set on the command line (``--config.multihost.enabled=True --config.multihost.process_id=1 ...``)."""
+    placeholder = ml_collections.config_dict.placeholder
+    return ml_collections.ConfigDict({"enabled": False, "coordinator_address": placeholder(str),
+                                      "num_processes": placeholder(int), "process_id": placeholder(int),
+                                      "cpu_collectives": placeholder(str)})
 
 
 def initialize(section: Mapping[str, Any] | None) -> None:

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -102,9 +102,11 @@ def model_config_differences(saved: Mapping[str, Any], current: ModelConfig) -> 
             for k in sorted(old.keys() | new.keys()) if old.get(k, ABSENT) != new.get(k, ABSENT)]
 
 
-def check_workdir(workdir: str | os.PathLike, model_config: ModelConfig) -> None:
+def check_workdir(workdir: str | os.PathLike, model_config: ModelConfig,
+                  check_data: Callable[[Any], None] | None = None) -> None:
     """Raise ``WorkdirConfigMismatchError`` if the newest checkpoint of ``workdir`` whose metadata reads was trained
-    with a model config other than ``model_config``. Reads only the metadata (no arrays) and changes nothing;
+    with a model config other than ``model_config``, and let ``check_data`` (the data iterator's ``check_state``)
+    refuse its data position (e.g. another dataset). Reads only the metadata (no arrays) and changes nothing;
     checkpoints whose metadata cannot be read are skipped (``Checkpoints.restore_latest`` then sets them aside)."""
     directory = checkpoint_root(workdir)
     for step in reversed(checkpoint_steps(directory)):
@@ -120,6 +122,8 @@ def check_workdir(workdir: str | os.PathLike, model_config: ModelConfig) -> None
             raise WorkdirConfigMismatchError(
                 f"{os.path.join(directory, str(step))} was trained with another model config ({'; '.join(shown)}); "
                 "use a new --workdir for this model, or rerun with the checkpoint's model settings to resume it")
+        if check_data is not None and "data_iterator" in meta:
+            check_data(meta["data_iterator"])
         return
 
 

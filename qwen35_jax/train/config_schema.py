@@ -16,13 +16,16 @@ import ml_collections
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.captions import CaptionDataConfig
 from qwen35_jax.data.mqar import parse_settings
-from qwen35_jax.data.text_dataset import parse_corpora
+from qwen35_jax.data.text_dataset import parse_corpora, parse_weights, source_name
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "kind": "text",  # data source; see qwen35_jax.train.data_sources.DATA_SOURCES
-        # comma-separated: shakespeare, wiki_en, wiki_fr, wiki_es, files:<glob>, arrayrecord:<glob>
+        # comma-separated: prepared:<dir or URL> (tools.prepare_data), shakespeare, wiki_en, wiki_fr, wiki_es,
+        # files:<glob> (qwen35_jax.data.text_dataset)
         "corpora": "shakespeare",
+        "weights": "",  # mixture "name=w,...", by source name (a prepared dir's base name); "": by training tokens
+        "workers": 0,  # grain worker processes building training batches (0: threads of the training process)
         "seq_len": 256,
         "batch_size": 8,  # global batch (all processes, all micro-batches)
         "seed": 0,  # shuffling
@@ -170,7 +173,12 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
                  "(numerics §11) splits the text stack only, not the vision tower's patches and their merge into "
                  "the tokens; put the devices on fsdp instead")
     else:
-        parse_corpora(data.corpora)
+        specs = parse_corpora(data.corpora)
+        try:
+            parse_weights(data.weights, [source_name(s) for s in specs])
+        except ValueError as error:
+            raise ValueError(f"config.{error}") from None
+        _require(data.workers >= 0, "data.workers", data.workers, "use 0 (threads) or a number of worker processes")
         for name in ("seq_len", "batch_size"):
             _require(data[name] >= 1, f"data.{name}", data[name], "must be >= 1")
         _require(0 < data.validation_fraction < 1, "data.validation_fraction", data.validation_fraction,

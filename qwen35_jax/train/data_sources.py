@@ -7,7 +7,8 @@ batches with ``get_state`` / ``set_state`` (checkpointed), validation batches pe
 ``static_inputs`` (model arguments fixed per number of rows, see ``train.step``) and a ``final_eval`` run on the
 trained parameters. Every batch is rows-first: each field has the batch as its leading axis.
 
-  ``text``      packed documents of text corpora (``qwen35_jax.data.text_dataset``); yields this process's rows, a
+  ``text``      windows of prepared text datasets (``qwen35_jax.data.text_dataset``, ``data.prepared.stream``):
+                yields this process's rows of each global batch (``data.workers`` grain worker processes), a
                 ``data.mqar_fraction`` of them MQAR rows (``qwen35_jax.data.mqar``), and ends with the probes of
                 ``qwen35_jax.train.probes`` (bits per byte per corpus, MQAR accuracy per ``data.mqar_eval`` setting).
   ``captions``  image-caption rows of the tiny VL run (``qwen35_jax.data.captions``); yields global batches (the
@@ -26,10 +27,10 @@ import numpy as np
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.data import pack_documents, prepare_text_data, train_dataset
+from qwen35_jax.data import prepare_text_data
 from qwen35_jax.data.captions import CaptionBatches, prepare_caption_data
 from qwen35_jax.data.mqar import MqarMixer
-from qwen35_jax.data.text_dataset import VOCAB_FILE
+from qwen35_jax.data.text_dataset import VOCAB_FILE, TextData
 from qwen35_jax.parallel.mesh import MeshConfig
 from qwen35_jax.train.probes import build_probes, format_probes, model_graph, run_probes, text_bands
 from qwen35_jax.train.step import make_eval_step
@@ -50,26 +51,36 @@ class DataSource:
     static_inputs: Callable[[int], dict[str, Any]] | None = None
     # (event name, (model_config, params) -> flat numeric record): run after the last step, logged with the event
     final_eval: tuple[str, Callable[[ModelConfig, nnx.State], dict[str, Any]]] | None = None
+    tokens_seen: Callable[[int], dict[str, int]] | None = None  # steps -> training tokens per source so far
+    close: Callable[[], None] | None = None  # stops the input pipeline's workers
+
+
+def text_data(config: ml_collections.ConfigDict, workdir: str) -> TextData:
+    """The run's text sources (``data.corpora``, ``data.weights``) with its compact vocabulary, if any."""
+    data_cfg = config.data
+    return prepare_text_data(
+        data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
+        split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
+        compact_vocab_max_size=data_cfg.compact_vocab_max_size or None, weights=data_cfg.weights)
 
 
 def text_source(config: ml_collections.ConfigDict, model_config: ModelConfig, workdir: str) -> DataSource:
     data_cfg = config.data
-    data = prepare_text_data(
-        data_cfg.corpora, workdir=workdir, validation_fraction=data_cfg.validation_fraction,
-        split_seed=data_cfg.split_seed, compact_vocab=data_cfg.compact_vocab,
-        compact_vocab_max_size=data_cfg.compact_vocab_max_size or None)
+    data = text_data(config, workdir)
     if data.vocab is not None:
         model_config = model_config.replace(vocab_size=data.vocab_size)
     elif model_config.vocab_size < data.vocab_size:
         raise ValueError(f"config.model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
                          f"{data.vocab_size} ids; set it to {data.vocab_size} or use data.compact_vocab=True")
-    rows = pack_documents(data.train, data_cfg.seq_len, drop_remainder=True)
-    iterator = iter(train_dataset(rows, global_batch_size=data_cfg.batch_size, seed=data_cfg.seed))
+    process, processes = jax.process_index(), jax.process_count()
+    local = data_cfg.batch_size // processes
+    stream = data.train_stream(seq_len=data_cfg.seq_len, global_batch_size=data_cfg.batch_size, seed=data_cfg.seed,
+                               rows=slice(process * local, (process + 1) * local))
+    iterator = stream.iterator(data_cfg.workers)
     if data_cfg.mqar_fraction > 0:
         iterator = MqarMixer(iterator, fraction=data_cfg.mqar_fraction, seq_len=data_cfg.seq_len,
                              pairs=data_cfg.mqar_train_pairs, bands=text_bands(data, data_cfg.mqar_symbols),
-                             seed=data_cfg.seed, process_index=jax.process_index(),
-                             process_count=jax.process_count())
+                             seed=data_cfg.seed, process_index=process, process_count=processes)
     probe_sets = build_probes(data_cfg, data, config.train.eval_batches)
     mesh_config = MeshConfig.from_config(config.get("mesh"))
 
@@ -81,8 +92,9 @@ def text_source(config: ml_collections.ConfigDict, model_config: ModelConfig, wo
             print(format_probes(record), flush=True)
         return record
 
-    return DataSource(model_config, iterator, probe_sets.validation, sum(len(d) for d in data.train),
-                      vocab_file=VOCAB_FILE if data_cfg.compact_vocab else None, final_eval=("probes", probes))
+    return DataSource(model_config, iterator, probe_sets.validation, data.train_tokens,
+                      vocab_file=VOCAB_FILE if data_cfg.compact_vocab else None, final_eval=("probes", probes),
+                      tokens_seen=stream.tokens_per_source, close=iterator.close)
 
 
 def rows_first(batch: Batch) -> Batch:

@@ -31,7 +31,7 @@ from qwen35_jax.parallel import MeshConfig, build_mesh, multihost
 from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.checkpoint import Checkpoints, check_workdir, save_experiment_config
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
-from qwen35_jax.train.data_sources import DATA_SOURCES
+from qwen35_jax.train.data_sources import DATA_SOURCES, DataSource
 from qwen35_jax.train.flops import peak_flops_per_device, training_flops_per_token
 from qwen35_jax.train.metrics import CURVES_FILE, MetricsLog, Progress, plot_curves
 from qwen35_jax.train.step import all_finite, mean_nll
@@ -110,14 +110,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     model_config = validate_config(config)
     mesh_config, mesh, sharding = setup_mesh(config)
     config = fill_defaults(config)
-    train_cfg, data_cfg = config.train, config.data
+    data_cfg = config.data
     run_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
 
     source = DATA_SOURCES[data_cfg.kind](config, model_config, workdir)
+    try:
+        return _train(config, workdir, source, mesh_config, mesh, sharding, run_start)
+    finally:
+        if source.close is not None:  # the input pipeline's worker processes
+            source.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource, mesh_config: MeshConfig, mesh: Mesh,
+           sharding: NamedSharding, run_start: float) -> list[dict[str, Any]]:
+    """``train_and_evaluate`` once the config is validated, the mesh built and the data source open."""
+    train_cfg, data_cfg = config.train, config.data
     model_config = source.model_config
     validate_model(model_config, Runtime.for_mesh(mesh, mesh_config))  # shapes only: every parameter shards evenly
-    check_workdir(workdir, model_config)  # another model's checkpoints: stop before anything is renamed/written
+    # another model's checkpoints or another dataset: stop before anything is built, renamed or written
+    check_workdir(workdir, model_config, getattr(source.train, "check_state", None))
     data_seconds = time.perf_counter() - run_start
 
     begin = time.perf_counter()
@@ -235,6 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                     record["model_tflops_per_s"] = flops_per_token * record["tokens_per_s"] / 1e12
                     if peak:
                         record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * jax.device_count())
+                if source.tokens_seen is not None:
+                    record.update({f"tokens/{name}": n for name, n in source.tokens_seen(step).items()})
                 metrics.write(record, echo=False)
                 print(progress.line(step, record["loss"], record.get("tokens_per_s"), per_step), flush=True)
                 last_time, last_step = now, step

@@ -8,8 +8,9 @@ The same functions score the end of a training run (``data_sources.text_source``
 (``experiments.eval``).
 
 Bits per byte of a corpus = Σ NLL (nats) of the loss-masked targets of its validation batches (the batches of the
-training loop's ``val_loss``) / (ln 2 · Σ UTF-8 bytes of those targets). A target's bytes are those of its real
-Qwen3.5 token (``QwenTokenizer.token_byte_lengths``), read from the real-id documents: a target that is ``<unk>`` in a
+training loop's ``val_loss``: the first held-out windows of the source's prepared dataset, in order) / (ln 2 · Σ UTF-8
+bytes of those targets). A target's bytes are those of its real Qwen3.5 token (``QwenTokenizer.token_byte_lengths``),
+read from the real-id windows: a target that is ``<unk>`` in a
 capped compact vocabulary counts the bytes of the token it replaced, so the denominator is the held-out text's byte
 count whatever the vocabulary (the model then only pays for predicting ``<unk>``, not for which token: a heavily
 capped vocabulary flatters bits per byte). The end-of-text token closing each document counts 0 bytes (it is not
@@ -45,7 +46,8 @@ from qwen35_jax.data.mqar import (
     parse_settings,
     setting_name,
 )
-from qwen35_jax.data.packing import fixed_batches, pack_documents
+from qwen35_jax.data.packing import FIELDS, PackedRows, fixed_batches
+from qwen35_jax.data.prepared.dataset import TokenWindows, window_row
 from qwen35_jax.data.text_dataset import TextData
 from qwen35_jax.data.tokenizer import get_tokenizer
 from qwen35_jax.data.vocab import UNK_ID
@@ -65,25 +67,23 @@ def text_bands(data: TextData, symbols: int) -> SymbolBands:
     return SymbolBands.last_ids(data.vocab_size, symbols, exclude)
 
 
-def validation_batches(documents: Sequence[np.ndarray], seq_len: int, batch_size: int,
-                       max_batches: int | None) -> list[Batch]:
-    """The validation batches of a corpus as the training loop builds them (``None``: every row)."""
-    rows = pack_documents(documents, seq_len, drop_remainder=False)
-    return fixed_batches(rows, batch_size, max_batches or -(-len(rows) // batch_size))
-
-
-def target_bytes(real_documents: Sequence[np.ndarray], byte_lengths: np.ndarray, seq_len: int, batch_size: int,
-                 max_batches: int | None) -> int:
-    """UTF-8 bytes of the loss-masked targets of ``validation_batches`` of these documents (real Qwen3.5 ids):
-    the documents' tokens replaced by their byte lengths are packed the same way, so row for row the targets are
-    the bytes of the real targets."""
-    def to_bytes(doc: np.ndarray) -> np.ndarray:
-        doc = np.asarray(doc, np.int64)
-        inside = (doc >= 0) & (doc < byte_lengths.size)
-        return np.where(inside, byte_lengths[np.where(inside, doc, 0)], 0)
-
-    batches = validation_batches([to_bytes(d) for d in real_documents], seq_len, batch_size, max_batches)
-    return int(sum(np.sum(b["targets"].astype(np.int64) * b["loss_mask"]) for b in batches))
+def validation_rows(windows: TokenWindows, to_model: np.ndarray | None, batch_size: int,
+                    max_batches: int | None) -> tuple[PackedRows, int]:
+    """The first ``max_batches`` batches' worth of held-out windows (``None``: all of them) as rows in model ids,
+    and the UTF-8 bytes of their loss-masked targets, counted on the real ids (module docstring)."""
+    count = len(windows) if max_batches is None else min(len(windows), max_batches * batch_size)
+    if count < 1:
+        raise ValueError(f"{windows.dataset.directory} has no held-out tokens to evaluate on; prepare it with a "
+                         "larger validation fraction")
+    byte_lengths = get_tokenizer().token_byte_lengths
+    rows, num_bytes = [], 0
+    for index in range(count):
+        window = windows.read(index)
+        real = window_row(window, windows.eos_id)
+        num_bytes += int(np.sum(byte_lengths[real["targets"]] * real["loss_mask"]))
+        rows.append(real if to_model is None else window_row(window, windows.eos_id, to_model))
+    stacked = PackedRows(**{name: np.stack([r[name] for r in rows]) for name in FIELDS})
+    return stacked, num_bytes
 
 
 def nll_sum(eval_step: Callable, params: nnx.State, batches: Sequence[Batch]) -> tuple[float, float]:
@@ -148,15 +148,13 @@ class ProbeSets:
 
 
 def build_probes(data_cfg: ml_collections.ConfigDict, data: TextData, max_batches: int | None) -> ProbeSets:
-    """Validation batches (``max_batches`` per corpus; ``None``: all) with their byte counts, and the MQAR
+    """Validation batches per source (``max_batches`` each; ``None``: all) with their byte counts, and the MQAR
     evaluation sets of ``data_cfg.mqar_eval`` in batches of ``data_cfg.batch_size`` rows."""
     seq_len, batch_size = data_cfg.seq_len, data_cfg.batch_size
-    validation = {name: validation_batches(docs, seq_len, batch_size, max_batches)
-                  for name, docs in data.validation.items()}
-    real = data.validation_real if data.validation_real is not None else data.validation
-    byte_lengths = get_tokenizer().token_byte_lengths
-    num_bytes = {name: target_bytes(real[name], byte_lengths, seq_len, batch_size, max_batches)
-                 for name in validation}
+    validation, num_bytes = {}, {}
+    for name, windows in data.validation_windows(seq_len).items():
+        rows, num_bytes[name] = validation_rows(windows, data.to_model, batch_size, max_batches)
+        validation[name] = fixed_batches(rows, batch_size, -(-len(rows) // batch_size))
     settings = parse_settings(data_cfg.mqar_eval)
     mqar, positions, chance = {}, {}, None
     if settings:

@@ -9,7 +9,8 @@ hardware) accepted by ``experiments.train`` / ``eval`` / ``generate`` and ``tool
 * ``pod_recipe``: a TPU topology (``hardware.topology``) with its mesh, bf16 weights and moments with fp32
   gradients, full per-layer remat, the Pallas TPU gated delta rule, ragged expert dispatch, LM head in chunks,
   ``batch_per_chip`` sequences of ``seq_len`` tokens per chip; ``multihost.enabled`` (every host of the slice runs
-  the same command and ``jax.distributed`` finds the others).
+  the same command and ``jax.distributed`` finds the others); a prepared dataset (``POD_CORPORA``) read by 2 grain
+  workers per host.
 
 ``select_variant`` implements the big_vision-style ``get_config(arg)``: ``configs/x.py:variant``.
 """
@@ -24,8 +25,13 @@ from typing import Any
 
 import ml_collections
 
+from qwen35_jax.parallel.multihost import config_section as multihost_section
 from qwen35_jax.presets import preset
 from qwen35_jax.train.config_schema import DEFAULTS
+
+# The pod variants' training data: a dataset prepared once by tools.prepare_data where every host can read it (README
+# "Data at scale"); replace it with yours: --config.data.corpora=prepared:gs://<bucket>/<dataset>[,prepared:...].
+POD_CORPORA = "prepared:gs://your-bucket/qwen35/pretrain"
 
 
 def experiment(name: str, preset_name: str, *, model: Mapping[str, Any] = (), data: Mapping[str, Any] = (),
@@ -43,8 +49,10 @@ def experiment(name: str, preset_name: str, *, model: Mapping[str, Any] = (), da
     config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "sequence": 1, "expert": 1, "tensor": 1,
                                              **dict(mesh)})
     config.hardware = ml_collections.ConfigDict({"topology": topology})
-    # jax.distributed with the cluster's auto-detection (a TPU slice's hosts find each other); see parallel/multihost
-    config.multihost = ml_collections.ConfigDict({"enabled": multihost})
+    # jax.distributed with the cluster's auto-detection (a TPU slice's hosts find each other); every field can be set
+    # on the command line (parallel/multihost)
+    config.multihost = multihost_section()
+    config.multihost.enabled = multihost
     return config
 
 
@@ -89,7 +97,7 @@ def pod_recipe(name: str, preset_name: str, topology: str, chips: int, mesh: Map
         name, preset_name, topology=topology, multihost=True,
         model={"dtype": "bfloat16", "param_dtype": "bfloat16", "remat_policy": "full", "gdn_impl": "pallas_tpu",
                "scan_unroll": 1},
-        data={"corpora": "wiki_en", "seq_len": seq_len, "batch_size": batch_size},
+        data={"corpora": POD_CORPORA, "seq_len": seq_len, "batch_size": batch_size, "workers": 2},
         train={"steps": 10_000, "learning_rate": 3e-4, "warmup_steps": 500, "moment_dtype": "bfloat16",
                "loss_chunk": loss_chunk, "log_every": 10, "eval_every": 1000},
         checkpoint={"every": 500, "keep": 3},

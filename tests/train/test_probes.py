@@ -15,10 +15,10 @@ import pytest
 from flax import nnx
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.data import CompactVocab, get_tokenizer, pack_documents, prepare_text_data, train_dataset
+from qwen35_jax.data import get_tokenizer, prepare_text_data
 from qwen35_jax.data.mqar import MqarMixer, SymbolBands, answer_positions, mqar_rows
 from qwen35_jax.data.packing import FIELDS, PackedRows
-from qwen35_jax.data.text_dataset import TextData
+from qwen35_jax.data.prepared import SplitRule, prepare_documents
 from qwen35_jax.model import Qwen35ForCausalLM
 from qwen35_jax.train.config_schema import DEFAULTS, fill_defaults, validate_config
 from qwen35_jax.train.data_sources import text_source
@@ -54,27 +54,30 @@ def data_section(**overrides):
     return ml_collections.ConfigDict({**DEFAULTS["data"], "seq_len": 8, "batch_size": 2, **overrides})
 
 
-def test_bits_per_byte_of_uniform_logits_is_log2_vocab_times_tokens_per_byte():
+def test_bits_per_byte_of_uniform_logits_is_log2_vocab_times_tokens_per_byte(tmp_path):
     tokenizer = get_tokenizer()
-    real = [np.asarray(tokenizer.encode(t) + [tokenizer.eos_id], np.int32) for t in TEXTS]
-    vocab = CompactVocab.build(real[:1], always_include=(tokenizer.eos_id,), max_size=8)  # most tokens -> <unk>
-    compact = [vocab.to_compact(d) for d in real]
-    assert (np.concatenate(compact) == 0).sum() > 10
-    data = TextData(train=compact[:1], validation={"x": compact}, vocab_size=vocab.size, vocab=vocab,
-                    validation_real={"x": real})
+    texts = [f"{t} ({i})" for i in range(12) for t in TEXTS]
+    prepare_documents(texts, str(tmp_path / "x"), rule=SplitRule(0.5, 0), shards={"train": 1, "validation": 1},
+                      inputs=[{"corpus": "x"}], text_field="text", tokenizer=tokenizer)
+    data = prepare_text_data(f"prepared:{tmp_path / 'x'}", workdir=tmp_path / "run", validation_fraction=0.5,
+                             split_seed=0, compact_vocab=True, compact_vocab_max_size=8)  # most tokens -> <unk>
+    held_out = tmp_path / "x" / data.sources["x"].manifest.splits["validation"].shards[0].file
+    real = np.fromfile(held_out, "<i4")
+    documents = np.split(real, np.flatnonzero(real == tokenizer.eos_id)[:-1] + 1)
+    assert (data.to_model[real] == 0).sum() > 10
     probes = build_probes(data_section(), data, max_batches=None)
     # Targets: every token of a document but its first (the boundary pair is masked); <unk> counts the bytes of the
     # token it replaced, the end-of-text token none.
-    first_bytes = [len(tokenizer.decode([int(d[0])]).encode()) for d in real]  # ASCII first tokens
-    num_bytes = sum(len(t.encode()) for t in TEXTS) - sum(first_bytes)
-    tokens = sum(len(d) - 1 for d in real)
+    first_bytes = [len(tokenizer.decode([int(d[0])]).encode()) for d in documents]  # ASCII first tokens
+    num_bytes = sum(len(tokenizer.decode(d[:-1].tolist()).encode()) for d in documents) - sum(first_bytes)
+    tokens = sum(len(d) - 1 for d in documents)
     assert probes.validation_bytes == {"x": num_bytes}
     assert sum(int(b["loss_mask"].sum()) for b in probes.validation["x"]) == tokens
 
-    graphdef, rest, params = small_model(vocab.size)
+    graphdef, rest, params = small_model(data.vocab_size)
     params["lm_head"] = jax.tree.map(jnp.zeros_like, params["lm_head"])  # logits 0: uniform over the vocabulary
     record = run_probes(probes, graphdef, rest, params, make_eval_step(graphdef, rest))
-    assert record == {"bpb/x": pytest.approx(math.log2(vocab.size) * tokens / num_bytes, rel=1e-5)}
+    assert record == {"bpb/x": pytest.approx(math.log2(data.vocab_size) * tokens / num_bytes, rel=1e-5)}
 
 
 def test_answer_step_counts_argmax_hits_at_answer_positions_only():
@@ -102,8 +105,26 @@ def text_rows(n=40, seq_len=24):
     return PackedRows(ids[:, :-1], ids[:, 1:], np.ones((n, seq_len), np.int32), np.ones((n, seq_len), bool))
 
 
+class RowBatches:
+    """Batches of 8 consecutive rows, endlessly, with a resumable position (a stand-in for the text stream)."""
+
+    def __init__(self, rows):
+        self.rows, self.step = rows, 0
+
+    def __next__(self):
+        start = self.step * 8 % (len(self.rows) - 7)
+        self.step += 1
+        return self.rows.take(np.arange(start, start + 8))
+
+    def get_state(self):
+        return {"step": self.step}
+
+    def set_state(self, state):
+        self.step = state["step"]
+
+
 def mixer(fraction, rows, state=None, **kwargs):
-    batches = iter(train_dataset(rows, global_batch_size=8, seed=0))
+    batches = RowBatches(rows)
     mix = MqarMixer(batches, fraction=fraction, seq_len=24, pairs=(2, 4), bands=BANDS, seed=3, **kwargs)
     if state is not None:
         mix.set_state(state)
@@ -116,7 +137,7 @@ def is_mqar(batch):
 
 def test_fraction_zero_changes_nothing():
     rows = text_rows()
-    plain = iter(train_dataset(rows, global_batch_size=8, seed=0))
+    plain = RowBatches(rows)
     mixed = mixer(0.0, rows)
     for _ in range(12):
         a, b = next(plain), next(mixed)
@@ -126,7 +147,7 @@ def test_fraction_zero_changes_nothing():
 def test_fraction_replaces_the_expected_rows_and_the_state_round_trips():
     rows = text_rows()
     mix = mixer(0.3, rows)
-    plain = iter(train_dataset(rows, global_batch_size=8, seed=0))
+    plain = RowBatches(rows)
     counts = []
     for _ in range(200):
         batch, text = next(mix), next(plain)
@@ -187,7 +208,7 @@ def test_text_source_default_is_unchanged_and_a_mix_resumes(tmp_path):
     source = text_source(config, model_config, str(tmp_path))
     data = prepare_text_data("shakespeare", workdir=tmp_path, validation_fraction=0.05, split_seed=0,
                              compact_vocab=True, compact_vocab_max_size=256)
-    today = iter(train_dataset(pack_documents(data.train, 32, drop_remainder=True), global_batch_size=2, seed=0))
+    today = data.train_stream(seq_len=32, global_batch_size=2, seed=0).iterator()
     for _ in range(3):
         a, b = next(source.train), next(today)
         assert all(np.array_equal(a[k], b[k]) for k in FIELDS)

@@ -1,6 +1,7 @@
 """Crash-safety of ``python -m experiments.train`` on the tiny test config (subprocesses, shared compile cache).
 
-One uninterrupted reference run (with a forced NaN at step 3); one run SIGKILLed after a checkpoint exists and rerun
+One uninterrupted reference run (with a forced NaN at step 3; Shakespeare read as a prepared dataset from the
+workdir cache, the same reader as `prepared:DIR`); one run SIGKILLed after a checkpoint exists and rerun
 with the same command: its per-step losses equal the reference's bit for bit; then the newest checkpoint's files are
 truncated and the same command resumes from the previous checkpoint with a warning naming the bad one.
 """

@@ -37,14 +37,16 @@ ablations: $(VENV)/.installed
 
 test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .
-	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q $(PYTEST_ARGS) tests
+	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q -m "not slowtier" $(PYTEST_ARGS) tests
 
-# The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the input pipeline on synthetic
-# prepared corpora of 50 M and 1 B tokens (4 GB written once under build/; README "Data at scale"), the README's AOT
-# table from the release config variants (each compile takes minutes to tens of minutes on 2 cores), the shared memory of every GPU
-# kernel variant on every supported GPU generation (tools/triton_smem.py, ~15 min), then the real 0.8B architecture
-# and vocabulary trained for 3 steps on this CPU and generated from (a fresh workdir under /tmp).
+# The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the tests marked slowtier (two
+# processes on a fresh shared workdir, 10 times), the input pipeline on synthetic prepared corpora of 50 M and 1 B
+# tokens (4 GB written once under build/; README "Data at scale"), the README's AOT table from the release config
+# variants (each compile takes minutes to tens of minutes on 2 cores), the shared memory of every GPU kernel variant
+# on every supported GPU generation (tools/triton_smem.py, ~15 min), then the real 0.8B architecture and vocabulary
+# trained for 3 steps on this CPU and generated from (a fresh workdir under /tmp).
 check-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slowtier tests
 	$(PY) -m tools.bench_data --sizes 50M,1B --workdir build/bench_data
 	$(PY) -m tools.aot_compile --sweep
 	$(PY) -m tools.triton_smem --head-dims 16,32,128

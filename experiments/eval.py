@@ -3,14 +3,15 @@
   python -m experiments.eval --config configs/tiny.py --workdir runs/demo [--step 30] [--batches 0]
 
 Reads the newest readable checkpoint (or ``--step``) of ``WORKDIR/checkpoints``: the model is rebuilt from the
-ModelConfig stored in the checkpoint, on the mesh of the config's ``mesh`` section (as in training); the validation
-windows come from the config's ``data`` section (the same prepared datasets, held-out split and compact vocabulary
-as training). ``--batches 0`` evaluates every validation row; the default uses ``config.train.eval_batches``
-batches like the training loop. The MQAR settings of ``data.mqar_eval`` are scored on their fixed evaluation rows
-(``qwen35_jax.train.probes``). Prints the tables and writes ``WORKDIR/eval_step<N>.json``: per corpus its loss,
-perplexity, tokens, bits_per_byte and bytes, plus the flat keys of a training run's final ``probes`` record
-(``bpb/<corpus>``, ``mqar/<L>x<P>``, ``mqar_chance``). A missing checkpoint, a bad config or flag ends with one
-``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback).
+ModelConfig stored in the checkpoint, on the mesh of the config's ``mesh`` section (as in training; a run trained on
+several processes is evaluated in this one process on its local devices unless ``--multihost`` starts
+``jax.distributed``); the validation windows come from the config's ``data`` section (the same prepared datasets,
+held-out split and compact vocabulary as training). ``--batches 0`` evaluates every validation row; the default uses
+``config.train.eval_batches`` batches like the training loop. The MQAR settings of ``data.mqar_eval`` are scored on
+their fixed evaluation rows (``qwen35_jax.train.probes``). Prints the tables and writes ``WORKDIR/eval_step<N>.json``:
+per corpus its loss, perplexity, tokens, bits_per_byte and bytes, plus the flat keys of a training run's final
+``probes`` record (``bpb/<corpus>``, ``mqar/<L>x<P>``, ``mqar_chance``). A missing checkpoint, a bad config or flag
+ends with one ``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -37,17 +38,20 @@ if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment config the checkpoint was trained with.")
     _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/ and the token cache).")
     _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+    _MULTIHOST = flags.DEFINE_bool("multihost", False, "Start jax.distributed as config.multihost says and evaluate "
+                                   "on every process (a cluster); default: this one process on its local devices.")
     _BATCHES = flags.DEFINE_integer("batches", None, "Validation batches per corpus (0: all; default: "
                                     "config.train.eval_batches).")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                        batches: int | None = None) -> dict[str, dict[str, float]]:
+                        batches: int | None = None, distributed: bool = False) -> dict[str, dict[str, float]]:
     """``{corpus: {"loss": nats, "perplexity": ..., "tokens": n, "bits_per_byte": ..., "bytes": n}}`` plus
     ``{"_probes": {flat probe keys}, "_step": {"step": step}}`` for a checkpoint."""
     validate_config(config)
     config = fill_defaults(config)
-    model, meta = restore_model(workdir, runtime_from_config(config), step)  # on config.mesh, as in training
+    runtime = runtime_from_config(config, distributed=distributed)  # config.mesh, as in training
+    model, meta = restore_model(workdir, runtime, step)
     model_config = model.config
     data_cfg = config.data
     data = text_data(config, workdir)
@@ -77,7 +81,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("both --config (e.g. configs/tiny.py) and --workdir (e.g. runs/demo) are required")
-    results = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _BATCHES.value)
+    results = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value, _BATCHES.value, _MULTIHOST.value)
     step = results.pop("_step")["step"]
     flat = results.pop("_probes")
     print(f"checkpoint step {step} in {_WORKDIR.value}")

@@ -6,9 +6,11 @@
   python -m experiments.generate --hf_dir path/to/Qwen3.5-0.8B --chat --prompt "Give me a short introduction to JAX."
 
 The model runs on the mesh of the experiment config (``config.mesh``: ``--config``, or the config the training run
-saved in its workdir), built by the same constructor as in training. Prompts are encoded with the real Qwen3.5
-tokenizer (``qwen35_jax.data``); a run trained on a compact vocabulary (``WORKDIR/compact_vocab.json``) maps prompt
-ids into it and generated ids back (unknown prompt ids become ``<unk>``). Prints each continuation, then prefill
+saved in its workdir), built by the same constructor as in training, in this one process on its local devices even
+for a run trained on several processes (``--multihost`` starts ``jax.distributed`` as the config says). Prompts are
+encoded with the real Qwen3.5 tokenizer (``qwen35_jax.data``); a run trained on a compact vocabulary
+(``WORKDIR/compact_vocab.json``) maps prompt ids into it and generated ids back (unknown prompt ids become
+``<unk>``; ``<unk>`` itself is never generated: it is masked before sampling). Prints each continuation, then prefill
 time, decode tokens/s and compile time (separately).
 ``--chat`` sends each prompt as a user turn through the checkpoint's own chat template (``--hf_dir``'s
 ``chat_template.jinja``, or ``--chat_template FILE``; non-thinking mode unless ``--thinking``) and prints the rendered
@@ -47,6 +49,8 @@ if __name__ == "__main__":
     _CHAT_TEMPLATE = flags.DEFINE_string("chat_template", None, "Jinja chat template file for --chat (default: "
                                          "--hf_dir's chat_template.jinja / tokenizer_config.json)")
     _THINKING = flags.DEFINE_bool("thinking", False, "with --chat: let the model think first (enable_thinking)")
+    _MULTIHOST = flags.DEFINE_bool("multihost", False, "start jax.distributed as the config's multihost section says "
+                                   "(a cluster); default: this one process on its local devices")
 
 STOP_NAMES = ("<|endoftext|>", "<|im_end|>")
 
@@ -65,7 +69,7 @@ def load_model(dtype: str):
         from qwen35_jax.train.workdir import load_experiment_config
 
         config = load_experiment_config(_WORKDIR.value)
-    runtime = runtime_from_config(config)
+    runtime = runtime_from_config(config, distributed=_MULTIHOST.value)
     print("mesh: " + (", ".join(f"{k}={v}" for k, v in runtime.mesh.shape.items() if v > 1) or "one device"))
     if _WORKDIR.value:
         from qwen35_jax.data import CompactVocab
@@ -110,10 +114,16 @@ def main(argv: list[str]) -> None:
     model, vocab = load_model(_DTYPE.value)
     prompts = [tokenizer.encode(t, allow_special=_CHAT.value) for t in texts]
     stops = [] if _NO_STOP.value else [tokenizer.special_id(n) for n in STOP_NAMES]
+    banned = []
     if vocab is not None:
+        from qwen35_jax.data.vocab import UNK_ID
+
         prompts = [vocab.to_compact(p).tolist() for p in prompts]
-        stops = [int(s) for s in vocab.to_compact(stops) if s != 0]
-    generator = Generator(model, sampling, stop_tokens=stops)
+        stops = [int(s) for s in vocab.to_compact(stops) if s != UNK_ID]
+        banned = [UNK_ID]
+        print(f"compact vocabulary of {vocab.size:,} ids: <unk> (id {UNK_ID}) is masked before sampling (it stands "
+              "for no text)")
+    generator = Generator(model, sampling, stop_tokens=stops, banned_tokens=banned)
     result = generator(prompts, _MAX_NEW.value, seed=_SEED.value)
     for prompt, shown, tokens in zip(_PROMPT.value, texts, result.tokens, strict=True):
         text = vocab.decode(tokens, tokenizer.decode) if vocab is not None else tokenizer.decode(

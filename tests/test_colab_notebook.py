@@ -153,6 +153,7 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path: pathlib.Path, monkeypatch:
     assert "full evaluation" in cell_text(cells["eval"])
     generated = re.search(r"^To be, or not to be(.+)$", cell_text(cells["generate"]), flags=re.M)
     assert generated and generated.group(1).strip(), cell_text(cells["generate"])
+    assert "<unk>" not in generated.group(1) and re.search(r"[A-Za-z]{2}", generated.group(1)), generated.group(1)
     assert "mean NLL" in cell_text(cells["python"])
     assert (workdir / "curves.png").is_file()
     assert any(out.output_type == "display_data" and "image/png" in out.data for out in cells["metrics"].outputs)

@@ -86,6 +86,8 @@ class Report:
     chip: Accelerator
     chips: int
     sequence_shards: int = 1  # > 1: context parallel (numerics §11)
+    sequences: int = 0  # the global batch: data.batch_size sequences ...
+    seq_len: int = 0  # ... of data.seq_len tokens
     collectives: dict = dataclasses.field(default_factory=dict)  # (source, op) -> bytes per chip per step
 
     @property
@@ -116,6 +118,18 @@ class Report:
         if not self.step_seconds > 0 or self.sequence_shards > 1:
             return None
         return self.model_flops / (self.chips * self.chip.peak_flops * self.step_seconds)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequences * self.seq_len
+
+    @property
+    def tokens_per_chip_second(self) -> float | None:
+        """Tokens per second per chip at the step-time estimate (None where the MFU estimate is None)."""
+        return None if self.mfu is None else self.tokens_per_step / self.chips / self.step_seconds
+
+    def batch_text(self) -> str:
+        return f"{self.sequences:,} × {self.seq_len:,} tokens"
 
     def mesh_text(self) -> str:
         return " × ".join(f"{k} {v}" for k, v in self.mesh.items() if v > 1) or "single chip"
@@ -177,7 +191,7 @@ def compile_config(config: ml_collections.ConfigDict, topology: str | None = Non
                                                          if config.train.mtp_loss_weight > 0 else 0)
                   * config.data.batch_size * seq,
                   chip=chip, chips=chips, sequence_shards=sequence_shards(runtime),
-                  collectives=collective_bytes(hlo))
+                  collectives=collective_bytes(hlo), sequences=config.data.batch_size, seq_len=seq)
 
 
 def describe(report: Report) -> str:
@@ -185,6 +199,8 @@ def describe(report: Report) -> str:
     lines = [
         f"{report.name} on {report.topology} ({report.chips} chips), mesh {report.mesh_text()}",
         f"  recipe                  {report.recipe}",
+        f"  batch                   {report.batch_text()} = {report.tokens_per_step:,} tokens per step, "
+        f"{report.tokens_per_step / report.chips:,.0f} per chip",
         f"  compile time            {report.compile_seconds:10.1f} s",
         f"  arguments               {m.argument_size_in_bytes / GIB:10.2f} GiB per chip",
         f"  outputs                 {m.output_size_in_bytes / GIB:10.2f} GiB (aliased with arguments: "
@@ -201,23 +217,30 @@ def describe(report: Report) -> str:
                                          else f"{100 * report.mfu:10.1f} %"),
         f"  step time at peak       {report.model_flops / (report.chips * report.chip.peak_flops):10.3f} s "
         "(model FLOPs / peak: the bound an MFU of 100 % would reach)",
+        "  tokens per chip         " + ("n/a per second (no usable step-time estimate)"
+                                         if report.tokens_per_chip_second is None
+                                         else f"{report.tokens_per_chip_second:10,.0f} per second at the step-time "
+                                         "estimate"),
         "  collectives (GiB per chip per step: tools/hlo_collectives.py, loop trips counted):",
         *("    " + row for row in format_table(report.collectives).splitlines()),
     ]
     return "\n".join(lines)
 
 
-TABLE_HEADER = ("| config | topology (chips) | mesh | recipe | arguments | temporaries | per-chip total | compile | "
-                "MFU (est.) |\n|---|---|---|---|---|---|---|---|---|")
+TABLE_HEADER = ("| config | topology (chips) | mesh | batch (sequences × tokens) | tokens per chip | recipe | "
+                "arguments | temporaries | per-chip total | compile | MFU (est.) | tokens/s per chip (est.) |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def table_row(report: Report) -> str:
     m = report.memory
     mfu = "n/a" if report.mfu is None else f"{100 * report.mfu:.1f} %"
-    return (f"| `{report.name}` | {report.topology} ({report.chips}) | {report.mesh_text()} | {report.recipe} | "
+    rate = "n/a" if report.tokens_per_chip_second is None else f"{report.tokens_per_chip_second:,.0f}"
+    return (f"| `{report.name}` | {report.topology} ({report.chips}) | {report.mesh_text()} | {report.batch_text()} | "
+            f"{report.tokens_per_step / report.chips:,.0f} | {report.recipe} | "
             f"{m.argument_size_in_bytes / GIB:.2f} GiB | {m.temp_size_in_bytes / GIB:.2f} GiB | "
             f"**{report.total_bytes / GIB:.2f} GiB** of {report.chip.hbm_gib:.1f} "
-            f"({'fits' if report.fits else 'does not fit'}) | {report.compile_seconds:.0f} s | {mfu} |")
+            f"({'fits' if report.fits else 'does not fit'}) | {report.compile_seconds:.0f} s | {mfu} | {rate} |")
 
 
 def sweep(specs: list[str]) -> None:

@@ -71,12 +71,15 @@ class Generator:
     """Jit-compiled prefill + decode loop for one model, sampling rule and stop-token set (compiled per shape)."""
 
     def __init__(self, model: Qwen35ForCausalLM, sampling: SamplingConfig | None = None, *,
-                 stop_tokens: Sequence[int] = (), pad_id: int = 0):
+                 stop_tokens: Sequence[int] = (), pad_id: int = 0, banned_tokens: Sequence[int] = ()):
+        """``banned_tokens``: ids never generated (their logits are -inf before sampling), e.g. the ``<unk>`` of a
+        compact vocabulary, which stands for no text."""
         self.config = model.config
         self.graphdef, self.state = nnx.split(model)
         self.sampling = sampling or SamplingConfig()
         self.stop_tokens = tuple(int(t) for t in stop_tokens)  # default for __call__
         self.pad_id = pad_id
+        self.banned = np.asarray(sorted({int(t) for t in banned_tokens}), np.int32)
         self.prompt_multiple = model.prompt_multiple  # a sequence-split model prefills whole GDN chunks per device
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("max_length",))
         self._decode = jax.jit(self._decode_impl, static_argnames=("steps",))
@@ -87,7 +90,10 @@ class Generator:
         model = nnx.merge(self.graphdef, state)
         cache = model.init_cache(ids.shape[0], max_length)
         logits, cache = forward_with_cache(model, ids, cache, attention_mask=mask)
-        return sample(logits, key, self.sampling), cache
+        return sample(self._allowed(logits), key, self.sampling), cache
+
+    def _allowed(self, logits: jax.Array) -> jax.Array:
+        return logits.at[:, self.banned].set(-jnp.inf) if self.banned.size else logits
 
     def _decode_impl(self, state: nnx.State, cache: HybridCache, first: jax.Array, key: jax.Array,
                      stops: jax.Array, *, steps: int) -> tuple[jax.Array, jax.Array]:
@@ -103,7 +109,7 @@ class Generator:
             step, cache, token, done, out, key = carry
             key, sub = jax.random.split(key)
             logits, cache = forward_with_cache(model, token[:, None], cache)
-            token = jnp.where(done, self.pad_id, sample(logits, sub, self.sampling))
+            token = jnp.where(done, self.pad_id, sample(self._allowed(logits), sub, self.sampling))
             out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
             return step + 1, cache, token, done | jnp.isin(token, stops), out, key
 

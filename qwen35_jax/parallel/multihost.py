@@ -56,6 +56,10 @@ def initialize(section: Mapping[str, Any] | None) -> None:
                          f"[0, num_processes={kwargs['num_processes']})")
     if values.get("cpu_collectives"):
         jax.config.update("jax_cpu_collectives_implementation", values["cpu_collectives"])
+        # Processes on CPUs compile without JAX's persistent cache: runs of two processes x 4 devices that loaded
+        # executables from a cache shared with earlier runs hung in their first collective or wrote each other's
+        # checkpoint files (seen here, intermittently); with the cache off they were correct every time.
+        jax.config.update("jax_enable_compilation_cache", False)
     jax.distributed.initialize(values.get("coordinator_address"), **kwargs)
 
 

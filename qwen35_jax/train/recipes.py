@@ -5,7 +5,8 @@ hardware) accepted by ``experiments.train`` / ``eval`` / ``generate`` and ``tool
 
 * ``cpu_recipe``: the real architecture and the real 248,320-id vocabulary on the local CPU devices, short
   sequences, fp32 master weights with bf16 AdamW moments (so the 0.8B fits a 24 GiB machine), LM head in chunks;
-* ``gpu_recipe``: the local GPU(s), bf16 weights and moments, 4,096-token sequences;
+* ``gpu_recipe``: the local GPU(s), or the GPUs of several nodes (one process per node), bf16 weights and moments,
+  4,096-token sequences;
 * ``pod_recipe``: a TPU topology (``hardware.topology``) with its mesh, bf16 weights and moments with fp32
   gradients, full per-layer remat, the Pallas TPU gated delta rule, ragged expert dispatch, LM head in chunks,
   ``batch_per_chip`` sequences of ``seq_len`` tokens per chip; ``multihost.enabled`` (every host of the slice runs
@@ -68,16 +69,20 @@ def cpu_recipe(name: str, preset_name: str, *, seq_len: int = 128, batch_size: i
         checkpoint={"every": 50, "keep": 2})
 
 
-def gpu_recipe(name: str, preset_name: str, *, seq_len: int = 4096, batch_size: int = 1,
-               loss_chunk: int = 256) -> ml_collections.ConfigDict:
-    """Training on the local GPU(s), FSDP over all of them: bf16 weights and moments with fp32 gradients, full
-    per-layer remat, ``batch_size`` sequences of ``seq_len`` tokens a step, the bundled Shakespeare corpus, the gated
-    delta rule core ``auto`` picks for the GPU (``--config.model.gdn_impl`` overrides it)."""
+def gpu_recipe(name: str, preset_name: str, *, seq_len: int = 4096, batch_size: int = 1, loss_chunk: int = 256,
+               nodes: int = 1) -> ml_collections.ConfigDict:
+    """Training on GPUs, FSDP over all of them: bf16 weights and moments with fp32 gradients, full per-layer remat,
+    ``batch_size`` sequences of ``seq_len`` tokens a step, the gated delta rule core ``auto`` picks for the GPU
+    (``--config.model.gdn_impl`` overrides it). One node (``nodes=1``): the local GPUs and the bundled Shakespeare
+    corpus. Several nodes: one process per node started by the cluster (``multihost.enabled``: jax.distributed finds
+    the others, e.g. from SLURM's environment; tools/slurm_train.sbatch), FSDP across every GPU of every node, and a
+    prepared dataset every node reads (``POD_CORPORA``)."""
     return experiment(
-        name, preset_name,
+        name, preset_name, multihost=nodes > 1,
         model={"dtype": "bfloat16", "param_dtype": "bfloat16", "remat_policy": "full", "gdn_impl": "auto",
                "scan_unroll": 1},
-        data={"corpora": "shakespeare", "seq_len": seq_len, "batch_size": batch_size},
+        data={"corpora": POD_CORPORA if nodes > 1 else "shakespeare", "seq_len": seq_len, "batch_size": batch_size,
+              "workers": 2 if nodes > 1 else 0},
         train={"steps": 1000, "learning_rate": 3e-4, "warmup_steps": 50, "moment_dtype": "bfloat16",
                "loss_chunk": loss_chunk, "log_every": 1, "eval_every": 500},
         checkpoint={"every": 500, "keep": 2})

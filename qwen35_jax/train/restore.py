@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import ml_collections
 from flax import nnx
 
@@ -25,11 +26,18 @@ from qwen35_jax.parallel.runtime import Runtime
 from qwen35_jax.train.checkpoint import load_meta, load_params
 
 
-def runtime_from_config(config: ml_collections.ConfigDict | None) -> Runtime:
+def runtime_from_config(config: ml_collections.ConfigDict | None, *, distributed: bool = True) -> Runtime:
     """The runtime of ``config.mesh`` on the devices of every process (``config.multihost`` starts
-    ``jax.distributed`` first, as in training); no config or no mesh: all devices on fsdp."""
-    if config is not None:
-        multihost.initialize(config.get("multihost"))
+    ``jax.distributed`` first, as in training); no config or no mesh: all devices on fsdp. ``distributed=False``
+    (``experiments.eval`` / ``generate`` without ``--multihost``) stays in this one process on its local devices,
+    whatever ``config.multihost`` says, and says so in one line when that differs from the config."""
+    section = config.get("multihost") if config is not None else None
+    if distributed:
+        multihost.initialize(section)
+    elif section is not None and section.get("enabled", False):
+        print(f"note: config.multihost.enabled is set (a multi-process run); running in this one process on its "
+              f"{jax.local_device_count()} local device(s) instead (pass --multihost to start jax.distributed)",
+              flush=True)
     mesh_config = MeshConfig.from_config(config.get("mesh") if config is not None else None)
     return Runtime.for_mesh(build_mesh(mesh_config), mesh_config)
 

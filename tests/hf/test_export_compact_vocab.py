@@ -96,7 +96,9 @@ def test_export_maps_rows_to_real_ids(run, tmp_path):
     text, real = corpus_text(vocab)
     assert get_tokenizer().encode(text) == real.tolist()
     compact = logits_of(model, vocab.to_compact(real))  # [T, V']
-    exported_model = load_pretrained(out)
+    # The run's own gated-delta-rule core (configs/tiny.py:test: the recurrence), not the one the exported config would
+    # get by default: recurrent vs chunked alone differ by ~1e-5 relative in the hidden states.
+    exported_model = load_pretrained(out, gdn_impl=model_config.gdn_impl)
     assert exported_model.config.mtp_num_hidden_layers == 1
     exported = logits_of(exported_model, real)  # [T, 248320]
     assert exported.shape == (len(real), MODEL_VOCAB_SIZE) and compact.std() > 0.1
@@ -119,7 +121,9 @@ def test_export_maps_rows_to_real_ids(run, tmp_path):
     reference = np.load(tmp_path / "hf.npz")["logits"][0]
     err = np.abs(reference[:, vocab.real_ids] - compact[:, 1:]).max()
     print(f"transformers on the export vs compact run: max |dlogits| = {err:.1e}")
-    assert err <= 1e-5 * scale and np.all(reference[:, unseen] == 0)
+    # Another implementation (transformers' chunked PyTorch delta rule vs the run's recurrence) on weights of
+    # 0.5 sigma: ~1.5e-5 of the logit scale here; a row mapped to the wrong id would be off by O(scale).
+    assert err <= 5e-5 * scale and np.all(reference[:, unseen] == 0)
 
 
 def test_tied_embeddings(run, tmp_path):

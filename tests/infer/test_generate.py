@@ -154,3 +154,17 @@ def test_decode_steps_match_the_training_forward(hf_fixtures, models, case):
     err = np.abs(np.asarray(jnp.concatenate(pieces, axis=1)) - np.asarray(full.logits)).max()
     assert err <= 1e-4, err
     assert int(cache.index) == 70 and np.asarray(cache.positions).tolist() == [70, 70]
+
+
+def test_banned_tokens_are_never_generated(models, dense_generator):
+    """A compact vocabulary's <unk> is banned in experiments.generate: greedy and sampled rows never contain it."""
+    tokens = dense_generator(PROMPTS, 12).tokens
+    counts = np.bincount(np.concatenate(tokens))
+    favourite = int(np.argmax(counts))
+    assert counts[favourite] >= 2  # the unbanned rows use it
+    banned = Generator(models["dense_untied"], stop_tokens=(), banned_tokens=[favourite])
+    for sampling in (None, SamplingConfig(temperature=1.5)):
+        if sampling is not None:
+            banned = Generator(models["dense_untied"], sampling, banned_tokens=[favourite])
+        rows = banned(PROMPTS, 12, seed=3).tokens
+        assert favourite not in np.concatenate(rows) and all(len(r) == 12 for r in rows)

@@ -49,6 +49,11 @@ def test_release_variants_are_complete_experiment_configs(spec):
         assert config.train.loss_chunk // sizes["sequence"] == 256  # 256 LM-head positions per chip per chunk
     elif spec.endswith(":gpu"):  # the local GPU(s): bf16, 4,096-token sequences, the core auto picks
         assert (config.model.dtype, config.data.seq_len, config.model.gdn_impl) == ("bfloat16", 4096, "auto")
+    elif ":gpu-" in spec:  # several GPU nodes (gpu-<nodes>x<gpus>): one process per node, one sequence per GPU
+        nodes, gpus = map(int, spec.rsplit(":gpu-", 1)[1].split("x"))
+        assert config.multihost.enabled and config.data.batch_size == nodes * gpus
+        assert MeshConfig.from_config(config.mesh).axis_sizes(nodes * gpus)["fsdp"] == nodes * gpus
+        assert config.data.corpora.startswith("prepared:")
     else:
         assert spec.endswith(":cpu")
 
@@ -79,6 +84,21 @@ def test_report_totals_scan_correction_and_last_line():
     assert report.verdict() == "per-chip total: 61.20 GiB of 88.5 GiB HBM (fits)"
     assert _report(compiler_seconds=-1.0).mfu is None
     assert "**61.20 GiB** of 88.5 (fits)" in aot_compile.table_row(report)
+
+
+def test_report_states_the_batch_in_text_and_table():
+    """The 262K-token variant's shape: 4 sequences of 262,144 tokens on 256 chips (4,096 tokens per chip)."""
+    report = _report(sequences=4, seq_len=262_144, chips=256)
+    assert report.tokens_per_step == 1_048_576 and report.batch_text() == "4 × 262,144 tokens"
+    rate = report.tokens_per_step / 256 / report.step_seconds
+    assert report.tokens_per_chip_second == pytest.approx(rate)
+    row = aot_compile.table_row(report)
+    assert "| 4 × 262,144 tokens | 4,096 |" in row and row.endswith(f"| {rate:,.0f} |")
+    assert row.count("|") == aot_compile.TABLE_HEADER.splitlines()[0].count("|")
+    assert _report(sequences=4, seq_len=262_144, sequence_shards=64).tokens_per_chip_second is None
+    text = aot_compile.describe(report)
+    assert "batch                   4 × 262,144 tokens = 1,048,576 tokens per step, 4,096 per chip" in text
+    assert f"{rate:10,.0f} per second at the step-time estimate" in text
 
 
 @pytest.mark.parametrize("name, matmul_params", [

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from qwen35_jax.parallel import multihost
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg:
@@ -108,4 +110,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "peak_flops_per_device": 0.0,
     })
     config.checkpoint = ml_collections.ConfigDict({"every": 500, "keep": 2})
+    config.multihost = multihost.config_section()  # every field settable: --config.multihost.enabled=True ...
     return config

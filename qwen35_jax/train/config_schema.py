@@ -188,8 +188,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
         _check_mqar(data)
     for name in ("steps", "log_every", "eval_batches", "grad_accum_steps", "max_nonfinite_in_a_row"):
         _require(train[name] >= 1, f"train.{name}", train[name], "must be >= 1")
-    _require(0 <= train.warmup_steps <= train.steps, "train.warmup_steps", train.warmup_steps,
-             f"must be in [0, train.steps={train.steps}]")
+    _require(0 <= train.warmup_steps < train.steps, "train.warmup_steps", train.warmup_steps,
+             f"must be in [0, train.steps={train.steps}) (the cosine decay needs at least one step)")
     _require(train.eval_every >= 0, "train.eval_every", train.eval_every, "use 0 (start and end only) or >= 1")
     _require(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "must be > 0, e.g. 3e-3")
     _require(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", train.min_lr_ratio, "must be in [0, 1]")

@@ -19,7 +19,7 @@ def test_two_processes_on_a_fresh_shared_workdir_ten_times(tmp_path):
         workdir, port = tmp_path / f"run{attempt}", free_port()
         common = [sys.executable, "-m", "experiments.train", "--config", "configs/tiny.py:test", "--workdir",
                   str(workdir), "--config.data.corpora=shakespeare,wiki_es", "--config.data.batch_size=8",
-                  "--config.train.steps=2", "--config.multihost.enabled=True",
+                  "--config.train.steps=3", "--config.multihost.enabled=True",
                   f"--config.multihost.coordinator_address=127.0.0.1:{port}", "--config.multihost.num_processes=2",
                   "--config.multihost.cpu_collectives=gloo"]
         processes = [subprocess.Popen([*common, f"--config.multihost.process_id={i}"], cwd=ROOT,

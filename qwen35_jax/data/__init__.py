@@ -5,8 +5,7 @@ The names below are imported on first use (PEP 562), so a process that needs onl
 (``qwen35_jax.data.prepared``, e.g. a grain worker) does not import jax, the image code or the tokenizer.
 """
 
-import importlib
-from typing import Any
+from qwen35_jax.data.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "captions": ("CaptionData", "CaptionDataConfig", "prepare_caption_data"),
@@ -17,11 +16,4 @@ _EXPORTS = {
     "tokenizer": ("MODEL_VOCAB_SIZE", "QwenTokenizer", "get_tokenizer"),
     "vocab": ("UNK_ID", "CompactVocab"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

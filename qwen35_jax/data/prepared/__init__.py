@@ -4,8 +4,7 @@ batches depend only on (datasets, weights, seed, step) (``stream``, ``mixture``)
 
 Names are imported on first use (PEP 562): a Beam worker that only tokenises and writes does not import grain."""
 
-import importlib
-from typing import Any
+from qwen35_jax.data.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "dataset": ("PreparedDataset", "TokenWindows", "window_row"),
@@ -15,11 +14,4 @@ _EXPORTS = {
     "stream": ("StreamSource", "TrainStream"),
     "writer": ("prepare_documents", "shard_counts"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

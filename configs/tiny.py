@@ -74,7 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
 
     config.data = ml_collections.ConfigDict({
-        "corpora": "shakespeare",  # comma-separated: shakespeare, wiki_en, wiki_fr, wiki_es, files:<glob>
+        # comma-separated: shakespeare, wiki_en, wiki_fr, wiki_es, files:<glob>, prepared:<dir> (tools.prepare_data)
+        "corpora": "shakespeare",
+        "weights": "",  # mixture, e.g. "shakespeare=0.7,wiki_en=0.3" ("": in proportion to training tokens)
+        "workers": 0,  # grain worker processes building batches (0: threads of the training process)
         "seq_len": 256,
         "batch_size": 8,
         "seed": 0,  # shuffling

@@ -36,7 +36,7 @@ from qwen35_jax.train.step import make_eval_step
 # command-line modules can be imported in one process.
 if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment config the checkpoint was trained with.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/ and the token cache).")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/ and the prepared data).")
     _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     _MULTIHOST = flags.DEFINE_bool("multihost", False, "Start jax.distributed as config.multihost says and evaluate "
                                    "on every process (a cluster); default: this one process on its local devices.")

@@ -8,20 +8,24 @@ Ctrl-C (or SIGTERM) saves a checkpoint at the next step boundary and exits with 
 Ctrl-C, 0 for SIGTERM); a second Ctrl-C exits at once. A bad config, override or workdir ends with one
 ``error: ...`` line (``QWEN35_JAX_DEBUG=1`` shows the traceback; see ``qwen35_jax.train.cli``).
 Writes ``DIR/experiment_config.json`` (the config, kept on resume), ``DIR/metrics.jsonl``, TensorBoard events in
-``DIR/tensorboard``, ``DIR/curves.png`` at the end, the token cache (ArrayRecord) in ``DIR/token_cache`` and the
-compact vocabulary ``DIR/compact_vocab.json``. See ``qwen35_jax.train.loop`` for the loop and
+``DIR/tensorboard``, ``DIR/curves.png`` at the end, bundled or ``files:`` corpora prepared once in ``DIR/prepared``
+and the compact vocabulary ``DIR/compact_vocab.json``. See ``qwen35_jax.train.loop`` for the loop and
 ``qwen35_jax.train.config_schema`` for every config field.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+from qwen35_jax.data.prepared.workers import enter_data_worker
 
-from qwen35_jax.train.cli import run
-from qwen35_jax.train.config_schema import validate_config
-from qwen35_jax.train.loop import train_and_evaluate
-from qwen35_jax.train.metrics import METRICS_FILE
+# grain's data workers (data.workers > 0) re-import this module: there it imports nothing more (no jax, no model).
+if not enter_data_worker(__name__):
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from qwen35_jax.train.cli import run
+    from qwen35_jax.train.config_schema import validate_config
+    from qwen35_jax.train.loop import train_and_evaluate
+    from qwen35_jax.train.metrics import METRICS_FILE
 
 __all__ = ["METRICS_FILE", "train_and_evaluate", "validate_config"]
 
@@ -29,7 +33,7 @@ __all__ = ["METRICS_FILE", "train_and_evaluate", "validate_config"]
 # command-line modules can be imported in one process.
 if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics, token cache, vocabulary.")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics, prepared data, vocabulary.")
 
 
 def main(argv: list[str]) -> None:

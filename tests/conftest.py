@@ -26,3 +26,23 @@ def hf_fixtures() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def hf_manifest(hf_fixtures: pathlib.Path) -> dict:
     return json.loads((hf_fixtures / "manifest.json").read_text())
+
+
+# The longest test files on 2 CPU cores (`--durations`, most of it compiling), in that order. `make test` runs the
+# suite on two pytest-xdist workers, a file per worker at a time in collection order (`--dist loadfile`): starting
+# these first keeps one worker from finishing a long file alone at the end.
+LONGEST_FILES_FIRST = (
+    "train/test_multiprocess_runs.py", "test_colab_notebook.py", "train/test_resume.py", "test_cli_errors.py",
+    "model/test_model.py", "parallel/test_gdn_context_parallel.py", "ops/test_gated_delta_rule.py",
+    "ops/test_gdn_triton_smem.py", "train/test_context_parallel_training.py", "parallel/test_aot_tool.py",
+    "infer/test_generate.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+
+    def file_rank(item: pytest.Item) -> int:
+        return rank.get(item.nodeid.split("::", 1)[0].removeprefix("tests/"), len(rank))
+
+    items.sort(key=file_rank)  # stable: each file's tests stay together and in order, other files keep theirs

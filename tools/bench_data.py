@@ -21,8 +21,8 @@ A second table gives the per-host token rate the pod variants need: the AOT MFU 
 its 100 %-MFU step times for the 262K rows) turned into step times with the model FLOPs of ``train.flops``, i.e.
 global batch tokens / step time / hosts (4 chips per host).
 
-This module imports only the standard library at top level: it is also the child process, and grain's worker
-processes re-import it.
+This module imports only the standard library and ``qwen35_jax.data.prepared.workers`` at top level: it is also the
+child process, and grain's worker processes re-import it (without jax, as in training: see that module).
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from qwen35_jax.data.prepared.workers import enter_data_worker
+
 if TYPE_CHECKING:
     from qwen35_jax.data.prepared.manifest import Manifest
+
+enter_data_worker(__name__)  # grain's spawned workers re-import this module: keep jax out of them, as training does
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RANDOM_ID_LIMIT = 150_000  # synthetic ids are drawn from [0, this)
@@ -250,7 +254,18 @@ def _role(pid: int, root: int) -> str:
         return "gone"
     if "resource_tracker" in command:
         return "resource tracker"
-    return "worker" if "multiprocessing" in command else command.split(" ")[0].rsplit("/", 1)[-1] or "other"
+    if "multiprocessing" not in command:
+        return command.split(" ")[0].rsplit("/", 1)[-1] or "other"
+    return "worker with jax" if _maps_jaxlib(pid) else "worker"
+
+
+def _maps_jaxlib(pid: int) -> bool:
+    """Whether the process has jaxlib's extension mapped (a data worker should not: ``prepared.workers``)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any("jaxlib" in line for line in f)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
 
 
 class TreeRssSampler:

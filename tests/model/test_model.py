@@ -34,7 +34,8 @@ def test_packed_documents_do_not_interact():
     np.testing.assert_allclose(together[len(a):], alone_b, atol=2e-5)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
+# Each policy compiles a forward + backward (~30 s on 2 cores): "dots" is in the slow tier (`make check-slow`).
+@pytest.mark.parametrize("policy", ["full", pytest.param("dots", marks=pytest.mark.slowtier)])
 def test_remat_policies_give_identical_gradients(policy):
     ids = jnp.asarray(np.random.default_rng(1).integers(0, 128, (2, 24)))
 
@@ -48,7 +49,7 @@ def test_remat_policies_give_identical_gradients(policy):
         np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("unroll", [2, 3])
+@pytest.mark.parametrize("unroll", [2, pytest.param(3, marks=pytest.mark.slowtier)])  # 3: past num_blocks (slow tier)
 def test_unrolled_layer_scan_gives_identical_logits_and_gradients(unroll):
     """scan_unroll only changes how the 2 hybrid blocks are looped (fully unrolled at 2, and past num_blocks)."""
     ids = jnp.asarray(np.random.default_rng(4).integers(0, 128, (2, 24)))

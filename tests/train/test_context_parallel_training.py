@@ -51,7 +51,7 @@ def unsplit(tmp_path_factory, corpus):
 
 
 # Each run compiles the model's train and eval steps (~1.5 min on 2 cores): the mix is in the slow tier.
-@pytest.mark.parametrize("mesh", [dict(sequence=4), pytest.param(dict(sequence=2, fsdp=4), marks=pytest.mark.slow)],
+@pytest.mark.parametrize("mesh", [dict(sequence=4), pytest.param(dict(sequence=2, fsdp=4), marks=pytest.mark.slowtier)],
                          ids=["sequence4", "sequence2-fsdp4"])
 def test_split_sequence_gives_the_unsplit_losses(tmp_path, corpus, unsplit, mesh):
     losses = _losses(tmp_path, "split", corpus, **mesh)

@@ -1,8 +1,9 @@
 """Crash-safety of ``python -m experiments.train`` on the tiny test config (subprocesses, shared compile cache).
 
 One uninterrupted reference run (with a forced NaN at step 3; Shakespeare read as a prepared dataset from the
-workdir cache, the same reader as `prepared:DIR`); one run SIGKILLed after a checkpoint exists and rerun
-with the same command: its per-step losses equal the reference's bit for bit; then the newest checkpoint's files are
+workdir cache, the same reader as `prepared:DIR`; batches from one grain worker process); one run SIGKILLed after a
+checkpoint exists and rerun with the same command (batches read in-process): its per-step losses equal the
+reference's bit for bit; then the newest checkpoint's files are
 truncated and the same command resumes from the previous checkpoint with a warning naming the bad one.
 """
 
@@ -29,12 +30,12 @@ def env(tmp_path_factory):
     return env
 
 
-def command(workdir):
-    return [sys.executable, "-m", "experiments.train", *ARGS, "--workdir", str(workdir)]
+def command(workdir, *extra):
+    return [sys.executable, "-m", "experiments.train", *ARGS, "--workdir", str(workdir), *extra]
 
 
-def run(workdir, env):
-    result = subprocess.run(command(workdir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+def run(workdir, env, *extra):
+    result = subprocess.run(command(workdir, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -58,7 +59,7 @@ def losses(workdir):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, env):
     workdir = tmp_path_factory.mktemp("reference")
-    run(workdir, env)
+    run(workdir, env, "--config.data.workers=1")  # a spawned data worker (prepared.workers: no jax in it)
     return workdir
 
 

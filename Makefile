@@ -43,7 +43,7 @@ test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q -m "not slowtier" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The slow tier (not in CI; run on a clean clone before resolving pod-scale work): the tests marked slowtier (two
-# processes on a fresh shared workdir, 10 times), the input pipeline on synthetic prepared corpora of 50 M and 1 B
+# processes on a fresh shared workdir, 10 times; the mesh, remat, unroll and GPU shared-memory variants CI skips), the input pipeline on synthetic prepared corpora of 50 M and 1 B
 # tokens (4 GB written once under build/; README "Data at scale"), the README's AOT table from the release config
 # variants (each compile takes minutes to tens of minutes on 2 cores), the shared memory of every GPU kernel variant
 # on every supported GPU generation (tools/triton_smem.py, ~15 min), then the real 0.8B architecture and vocabulary

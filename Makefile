@@ -19,7 +19,7 @@ export JAX_PLATFORMS ?= cpu
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-vl ablations test check-slow lint fixtures setup gpu-wheels bench-gdn bench-train bench-decode bench-convert clean
+.PHONY: demo demo-vl ablations scaling test check-slow lint fixtures setup gpu-wheels bench-gdn bench-train bench-decode bench-convert clean
 
 demo: $(VENV)/.installed
 	$(PY) -m experiments.train --config configs/tiny.py --workdir runs/demo
@@ -38,6 +38,13 @@ ablations: $(VENV)/.installed
 	  $(PY) -m experiments.sweep --config configs/ablations/$$study.py --workdir runs/ablations/$$study || exit 1; \
 	done
 
+# The scaling studies (README "Scaling experiments"; numerics §12), each sized for about an hour on 2 CPU cores and
+# resumable (a rerun skips finished points): wsd against cosine, learning-rate transfer SP vs µP, IsoFLOP + fits.
+scaling: $(VENV)/.installed
+	$(PY) -m experiments.sweep --config configs/scaling/wsd.py --workdir runs/scaling/wsd
+	$(PY) -m experiments.sweep --config configs/scaling/lr_transfer.py --workdir runs/scaling/lr_transfer
+	$(PY) -m experiments.isoflop --workdir runs/scaling/isoflop
+
 test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 	$(VENV)/bin/ruff check .
 	HF_FIXTURES=$(FIXTURES) HF_REF_PYTHON=$(REF_PY) $(PY) -m pytest -q -m "not slowtier" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
@@ -50,6 +57,7 @@ test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json
 # trained for 3 steps on this CPU and generated from (a fresh workdir under /tmp).
 check-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slowtier tests
+	$(PY) -m tools.coord_check --out build/coord_check --overwrite
 	$(PY) -m tools.bench_data --sizes 50M,1B --workdir build/bench_data
 	$(PY) -m tools.aot_compile --sweep
 	$(PY) -m tools.triton_smem --head-dims 16,32,128

@@ -22,7 +22,7 @@ import os
 
 from qwen35_jax.data.captions import prepare_caption_data
 from qwen35_jax.train.caption_ranking import evaluate_ranking, format_results
-from qwen35_jax.train.cli import run
+from qwen35_jax.train.cli import define_experiment_config, run
 
 RESULT_FILE = "caption_rank.json"
 
@@ -51,9 +51,8 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Python config file with get_config() (data.kind=captions).")
+    define_experiment_config("config", "Python config file with get_config() (data.kind=captions).")
     flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/, caption_cache/, compact_vocab.json).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_integer("batch_size", 0, "Rows per scoring batch (default: config.data.batch_size).")

@@ -23,9 +23,8 @@ import os
 import ml_collections
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
-from qwen35_jax.train.cli import run
+from qwen35_jax.train.cli import define_experiment_config, run
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
 from qwen35_jax.train.data_sources import text_data
 from qwen35_jax.train.probes import bits_per_byte, build_probes, mqar_scores, nll_sum
@@ -35,7 +34,7 @@ from qwen35_jax.train.step import make_eval_step
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
 if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment config the checkpoint was trained with.")
+    _CONFIG = define_experiment_config("config", "The experiment config the checkpoint was trained with.")
     _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds checkpoints/ and the prepared data).")
     _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     _MULTIHOST = flags.DEFINE_bool("multihost", False, "Start jax.distributed as config.multihost says and evaluate "

@@ -24,16 +24,15 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from qwen35_jax.train.cli import run
+from qwen35_jax.train.cli import define_experiment_config, run
 
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
 if __name__ == "__main__":
     _WORKDIR = flags.DEFINE_string("workdir", None, "training run directory (qwen35_jax.train checkpoints)")
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config whose mesh to run on (default: the "
-                                              "config saved in --workdir; else every device on fsdp)")
+    _CONFIG = define_experiment_config("config", "experiment config whose mesh to run on (default: the "
+                                            "config saved in --workdir; else every device on fsdp)")
     _STEP = flags.DEFINE_integer("step", None, "checkpoint step of --workdir (default: the newest)")
     _HF_DIR = flags.DEFINE_string("hf_dir", None, "transformers checkpoint directory (config.json + safetensors)")
     _CKPT = flags.DEFINE_string("ckpt", None, "checkpoint written by `python -m tools.convert_hf import`")

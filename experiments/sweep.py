@@ -7,7 +7,8 @@ results per arm (mean ± std over seeds) and plot them.
 
 The arms: a config file that defines ``get_sweep(arg)`` (``configs/ablations/*.py``, see
 ``qwen35_jax.train.ablations.Sweep``) names them and their seeds; otherwise ``--sweep`` gives ``;``-separated axes
-``key=v1,v2,...`` whose cartesian product are the arms (``--sweep`` also overrides a file's arms). ``--sweep_set``:
+``key=v1,v2,...`` whose cartesian product are the arms (``--sweep`` also overrides a file's arms); ``{sweep_workdir}``
+in a value stands for the sweep's folder (a decay branch's ``train.branch_from``). ``--sweep_set``:
 overrides shared by every point (same syntax, one value each). ``--seeds 0,1,2`` (default: the file's seeds, else
 one run per arm with the config's own seed) trains every arm once per seed, overriding ``seed`` and ``data.seed``.
 
@@ -18,7 +19,9 @@ to a cluster). Each point trains with ``python -m experiments.train`` into ``WOR
 subprocess: a failed point does not stop the others; rerunning the sweep resumes unfinished points from their
 checkpoints and skips finished ones). At the end: ``WORKDIR/results.md`` (per arm: mean ± std over seeds of the
 final validation loss and bits per byte per corpus, MQAR accuracy per setting, ms per step, parameters; then every
-point), ``WORKDIR/loss.png`` (training loss per arm with a seed band) and, with MQAR results, ``WORKDIR/recall.png``.
+point, with the commit, jax and devices it ran on; then each distinct software set), ``WORKDIR/points.csv`` (one row
+per point: non-embedding parameters, tokens trained, final losses, provenance; what ``tools.fit_scaling_law`` reads),
+``WORKDIR/loss.png`` (training loss per arm with a seed band) and, with MQAR results, ``WORKDIR/recall.png``.
 The exit status is 1 when any point failed.
 """
 
@@ -148,9 +151,14 @@ def validate_points(config_spec: str, points: list[SweepPoint]) -> list[SweepPoi
     return checked
 
 
-def command(config: str, workdir: str, overrides: Mapping[str, str]) -> list[str]:
+SWEEP_WORKDIR = "{sweep_workdir}"  # in an override's value: the sweep's folder (e.g. a decay branch's source)
+
+
+def command(config: str, workdir: str, overrides: Mapping[str, str], sweep_workdir: str = "") -> list[str]:
+    """The ``experiments.train`` command of the point trained in ``workdir`` (``sweep_workdir/<point>``)."""
+    resolved = {k: v.replace(SWEEP_WORKDIR, os.path.abspath(sweep_workdir)) for k, v in overrides.items()}
     return [sys.executable, "-m", "experiments.train", "--config", config, "--workdir", workdir,
-            *[f"--config.{o}" for o in _override_args(overrides)]]
+            *[f"--config.{o}" for o in _override_args(resolved)]]
 
 
 def run_points(config_spec: str, workdir: str, points: list[SweepPoint]) -> tuple[list[str], list[str]]:
@@ -162,7 +170,7 @@ def run_points(config_spec: str, workdir: str, points: list[SweepPoint]) -> tupl
         if summarize(read_records(point_dir))["status"] == "done":
             print(f"{tag}: already done", flush=True)
             continue
-        cmd = command(config_spec, point_dir, point.overrides)
+        cmd = command(config_spec, point_dir, point.overrides, workdir)
         print(f"{tag}: {shlex.join(cmd)}", flush=True)
         begin = time.perf_counter()
         result = subprocess.run(cmd, check=False)
@@ -185,7 +193,8 @@ def main(argv: list[str]) -> None:
     points = validate_points(FLAGS.config, build_points(arms, seeds, shared))
     if FLAGS.dry_run:
         for point in points:
-            print(shlex.join(command(FLAGS.config, os.path.join(FLAGS.workdir, point.name), point.overrides)))
+            print(shlex.join(command(FLAGS.config, os.path.join(FLAGS.workdir, point.name), point.overrides,
+                                     FLAGS.workdir)))
         return
     os.makedirs(FLAGS.workdir, exist_ok=True)
     begin = time.perf_counter()

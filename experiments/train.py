@@ -20,9 +20,8 @@ from qwen35_jax.data.prepared.workers import enter_data_worker
 # grain's data workers (data.workers > 0) re-import this module: there it imports nothing more (no jax, no model).
 if not enter_data_worker(__name__):
     from absl import app, flags
-    from ml_collections import config_flags
 
-    from qwen35_jax.train.cli import run
+    from qwen35_jax.train.cli import define_experiment_config, run
     from qwen35_jax.train.config_schema import validate_config
     from qwen35_jax.train.loop import train_and_evaluate
     from qwen35_jax.train.metrics import METRICS_FILE
@@ -32,7 +31,7 @@ __all__ = ["METRICS_FILE", "train_and_evaluate", "validate_config"]
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
 if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
+    _CONFIG = define_experiment_config("config", "Python config file with get_config().")
     _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics, prepared data, vocabulary.")
 
 

@@ -21,6 +21,7 @@ FULL_ATTENTION = "full_attention"
 VARIANTS = ("qwen3_5", "qwen3_next")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -141,6 +142,11 @@ class ModelConfig:
     # [num_blocks, ...] ones: up to 15 % off the tools.bench_train step on CPU (2 blocks; README). Compile time and
     # program size grow with it, so keep 1 for deep models.
     scan_unroll: int = 1
+    # Ours: how initialisation, learning rates and output multipliers scale with width (numerics §12). "sp" is the
+    # standard parametrisation every checkpoint uses; "mup" the maximal-update one, equal to "sp" at hidden_size =
+    # mup_base_width (0: this model's hidden_size, i.e. the model is its own base).
+    parametrization: str = "sp"
+    mup_base_width: int = 0
 
     def __post_init__(self) -> None:
         if self.layer_types is None:
@@ -230,6 +236,15 @@ class ModelConfig:
             _fail("remat_policy", self.remat_policy, f"choose one of {REMAT_POLICIES}")
         if self.attention_block_q < 0:
             _fail("attention_block_q", self.attention_block_q, "use 0 (all queries at once) or a block size, e.g. 1024")
+        if self.parametrization not in PARAMETRIZATIONS:
+            _fail("parametrization", self.parametrization, f"choose one of {PARAMETRIZATIONS} (numerics §12)")
+        if not isinstance(self.mup_base_width, int) or isinstance(self.mup_base_width, bool) or \
+                self.mup_base_width < 0:
+            _fail("mup_base_width", self.mup_base_width, "use 0 (this model is the base) or the hidden_size of the "
+                  "base model whose learning rates transfer, e.g. 128")
+        if self.parametrization == "mup" and self.vision is not None:
+            _fail("parametrization", self.parametrization, "µP rules cover the text model (numerics §12), not the "
+                  "vision tower yet; use parametrization='sp' for a vision-language model")
         if self.scan_unroll < 1:
             _fail("scan_unroll", self.scan_unroll, "use 1 (a rolled scan) or more blocks per scan iteration")
         if self.vision is not None:
@@ -263,6 +278,14 @@ class ModelConfig:
             if n % period == 0 and self.layer_types == self.layer_types[:period] * (n // period):
                 return self.layer_types[:period]
         raise AssertionError("unreachable: the whole stack is always a period")
+
+    @property
+    def width_multiplier(self) -> float:
+        """µP's m = hidden_size / mup_base_width under parametrization "mup" (1 when the base width is 0 or equal);
+        1 under "sp" (numerics §12)."""
+        if self.parametrization != "mup" or self.mup_base_width == 0:
+            return 1.0
+        return self.hidden_size / self.mup_base_width
 
     @property
     def num_blocks(self) -> int:

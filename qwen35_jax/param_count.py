@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -46,6 +48,25 @@ def count_parameters(config: ModelConfig) -> ParamCounts:
     embedding = config.vocab_size * config.hidden_size
     return ParamCounts(total=sum(parts.values()), text=parts["text"], vision=parts["vision"], mtp=parts["mtp"],
                        active_text=active("text"), input_embedding=embedding, active_mtp=active("mtp"))
+
+
+EMBEDDING_NAMES = ("embed_tokens", "lm_head")  # the input embedding and the untied LM head (the MTP shares both)
+
+
+def non_embedding_count(params: Any) -> int:
+    """Size of a model's parameter tree (``nnx.state(model, nnx.Param)``, or the train state's ``params``) without
+    its top-level ``embed_tokens`` and ``lm_head``: the N of scaling laws."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        top = str(getattr(path[0], "key", getattr(path[0], "name", path[0]))) if path else ""
+        if top not in EMBEDDING_NAMES:
+            total += int(np.prod(leaf.shape))
+    return total
+
+
+def non_embedding_parameters(config: ModelConfig) -> int:
+    """Every parameter of ``config``'s model (text, vision, MTP) except the input embedding and the untied LM head."""
+    return non_embedding_count(nnx.state(build_model(config, Runtime.local(), abstract=True), nnx.Param))
 
 
 def format_counts(name: str, config: ModelConfig) -> str:

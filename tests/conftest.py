@@ -33,6 +33,7 @@ def hf_manifest(hf_fixtures: pathlib.Path) -> dict:
 # these first keeps one worker from finishing a long file alone at the end.
 LONGEST_FILES_FIRST = (
     "train/test_multiprocess_runs.py", "test_colab_notebook.py", "train/test_resume.py", "test_cli_errors.py",
+    "train/test_decay_branch.py",
     "model/test_model.py", "parallel/test_gdn_context_parallel.py", "ops/test_gated_delta_rule.py",
     "ops/test_gdn_triton_smem.py", "train/test_context_parallel_training.py", "parallel/test_aot_tool.py",
     "infer/test_generate.py",

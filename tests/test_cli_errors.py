@@ -143,3 +143,13 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, env):
     resumed = records.index({"event": "resume", "from_step": stop})
     assert [r["step"] for r in records[resumed:] if "loss" in r] == [stop + 1, stop + 2]
     assert records[-1]["event"] == "done" and records[-1]["step"] == stop + 2
+
+
+def test_fields_a_config_file_leaves_out_can_be_overridden():
+    """configs/tiny.py spells out no train.schedule or checkpoint.keep_steps: the defaults are filled in before the
+    command line's overrides apply, and a misspelt key is still refused."""
+    config = cli.load_config_with_overrides("configs/tiny.py", ["train.schedule=wsd", "checkpoint.keep_steps=(4,8)"])
+    assert config.train.schedule == "wsd" and tuple(config.checkpoint.keep_steps) == (4, 8)
+    assert config.train.learning_rate == 3e-3  # the file's own value
+    with pytest.raises(cli.CommandLineError, match="train.schedul"):
+        cli.load_config_with_overrides("configs/tiny.py", ["train.schedul=wsd"])

@@ -1,9 +1,11 @@
 """Parameter counts from the abstract model equal the published checkpoint totals and numerics §5."""
 
+import dataclasses
+
 import pytest
 
 from qwen35_jax.config import ModelConfig
-from qwen35_jax.param_count import count_parameters, format_counts
+from qwen35_jax.param_count import count_parameters, format_counts, non_embedding_parameters
 from qwen35_jax.presets import PRESETS
 
 # Spec §5 table: (text, vision, MTP, total, active text incl. embedding, active text excl. input embedding).
@@ -33,3 +35,22 @@ def test_counts_equal_published_totals(name):
 def test_param_count_report_says_match():
     text = format_counts("qwen35_397b_a17b", ModelConfig.from_dict(PRESETS["qwen35_397b_a17b"]))
     assert "403,397,928,944  (matches)" in text
+
+
+def test_non_embedding_parameters_by_hand():
+    """3 linear-attention (GDN) blocks + 1 full-attention block, dense MLPs, no MTP: counted from the shapes."""
+    config = ModelConfig(vocab_size=256, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=32, intermediate_size=128, linear_num_key_heads=2,
+                         linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                         mrope_section=(2, 1, 1), mtp_num_hidden_layers=0)
+    h, keys, values, kernel = 64, 2 * 16, 4 * 16, 4
+    gdn = (2 * h * keys + 2 * h * values + 2 * h * 4  # in_proj q, k; v, z; a, b
+           + kernel * (2 * keys + values) + 2 * 4 + 16 + values * h)  # convs; A_log, dt_bias; norm; out_proj
+    attention = h * 4 * 32 * 2 + 2 * h * 2 * 32 + 4 * 32 * h + 2 * 32  # gated q; k, v; o; q/k norms
+    block = 3 * h * 128 + 2 * h  # MLP + two RMSNorms
+    expected = 3 * (gdn + block) + attention + block + h  # + the final norm
+    assert expected == 184_008
+    assert non_embedding_parameters(config) == expected
+    assert count_parameters(config).total == expected + 2 * 256 * h  # embedding + untied LM head
+    tied = dataclasses.replace(config, tie_word_embeddings=True)
+    assert non_embedding_parameters(tied) == expected and count_parameters(tied).total == expected + 256 * h

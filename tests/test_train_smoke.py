@@ -59,6 +59,10 @@ def test_loss_falls(tmp_path, corpus_glob):
         assert [json.loads(line) for line in f] == records
     assert os.path.exists(tmp_path / "run" / "curves.png")
     assert os.path.exists(tmp_path / "run" / "compact_vocab.json")
+    with open(tmp_path / "run" / "provenance.json") as f:
+        [start] = json.load(f)["starts"]
+    assert start["device_count"] == 8 and start["jax"] and start["commit"]
+    assert 0 < records[1]["non_embedding_params"] < records[1]["params"]
 
 
 def test_bad_config_fails_before_work(tmp_path):

@@ -39,13 +39,12 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from qwen35_jax.model.build import validate_model  # noqa: E402
 from qwen35_jax.parallel.mesh import MeshConfig, build_mesh  # noqa: E402
 from qwen35_jax.parallel.runtime import Runtime  # noqa: E402
 from qwen35_jax.parallel.sharding import sequence_shards  # noqa: E402
-from qwen35_jax.train.cli import report_user_error, run  # noqa: E402
+from qwen35_jax.train.cli import define_experiment_config, report_user_error, run  # noqa: E402
 from qwen35_jax.train.config_schema import fill_defaults, validate_config  # noqa: E402
 from qwen35_jax.train.flops import GIB, Accelerator, accelerator_for_topology, training_flops_per_token  # noqa: E402
 from qwen35_jax.train.recipes import load_config_file  # noqa: E402
@@ -60,8 +59,8 @@ SWEEP_CONFIGS = ("configs/qwen35_397b_a17b.py:v5p-64", "configs/qwen35_397b_a17b
 # Flags exist only when this file runs as a program: importing it (tests, notebooks) defines none, so several
 # command-line modules can be imported in one process.
 if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. "
-                                              "configs/qwen35_397b_a17b.py:v5p-64.")
+    _CONFIG = define_experiment_config("config", "Experiment config, e.g. "
+                                            "configs/qwen35_397b_a17b.py:v5p-64.")
     _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (default: the config's hardware.topology), "
                                     "e.g. v5p:8x8x4, v5e:16x16, v6e:8x8.")
     _SWEEP = flags.DEFINE_bool("sweep", False, "Compile every config of --sweep_configs and print a Markdown table.")

@@ -9,16 +9,14 @@ A bad config file or override ends with one ``error: ...`` line (``QWEN35_JAX_DE
 from __future__ import annotations
 
 from absl import app
-from ml_collections import config_flags
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.param_count import format_counts
-from qwen35_jax.train.cli import run
+from qwen35_jax.train.cli import define_experiment_config, run
 
 # Flags exist only when this file runs as a program: importing it defines none (see tests/test_cli_modules.py).
 if __name__ == "__main__":
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
-                                              lock_config=True)
+    _CONFIG = define_experiment_config("config", "Experiment config file (configs/*.py).")
 
 
 def main(argv: list[str]) -> None:

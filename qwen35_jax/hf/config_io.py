@@ -38,6 +38,10 @@ def hf_incompatibility(config: ModelConfig) -> str | None:
     if not config.attn_output_gate:
         return ("attn_output_gate=False: transformers' Qwen3.5 / Qwen3-Next attention always has the sigmoid output "
                 "gate (its q_proj yields [query | gate] per head), so an ungated model has no transformers form")
+    if config.width_multiplier != 1.0:
+        return (f"parametrization='mup' at hidden_size={config.hidden_size} != mup_base_width="
+                f"{config.mup_base_width}: its 1 / width multipliers on the LM head, router and shared-expert gate "
+                "logits (numerics §12) have no transformers form")
     if FULL_ATTENTION not in config.layer_types:
         return ("no full-attention layer (full_attention_interval=0 or an all-linear layer_types): transformers' "
                 "Qwen3.5 / Qwen3-Next forward needs at least one (its hybrid cache sizes the mask from one)")

@@ -16,6 +16,7 @@ from flax import nnx
 
 from qwen35_jax.config import ModelConfig
 from qwen35_jax.model.mlp import MLP
+from qwen35_jax.model.parametrization import output_multiplier
 from qwen35_jax.model.params import dense, make_param
 from qwen35_jax.ops.moe.expert_parallel import expert_parallel_for
 from qwen35_jax.ops.moe.grouped import local_experts
@@ -44,11 +45,14 @@ class SparseMoE(nnx.Module):
         self.shared_expert = nnx.data(MLP(h, shared, param_dtype=pdt, backend=runtime.backend, rngs=rngs)
                                       if shared else None)
         self.shared_expert_gate = nnx.data(make_param(rngs, (h, 1), ("embed", None), pdt) if shared else None)
+        self.logit_multiplier = output_multiplier(config)  # µP's 1 / m on router and gate logits (numerics §12)
 
     def __call__(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, RouterStats]:
         batch, length, hidden = x.shape
         tokens = x.reshape(-1, hidden)
         logits = dense(tokens, self.router, "ne,ex->nx", self.backend)  # model dtype, as the reference (numerics §7.7)
+        if self.logit_multiplier is not None:
+            logits = logits * self.logit_multiplier
         probs, weights, experts = route(logits, self.top_k, self.normalize)
         if self.expert_parallel is not None:
             routed, dropped = self.expert_parallel(
@@ -61,7 +65,10 @@ class SparseMoE(nnx.Module):
             dropped = None
 
         if self.shared_expert is not None:
-            shared_gate = jax.nn.sigmoid(dense(tokens, self.shared_expert_gate, "ne,eo->no", self.backend))
+            gate_logits = dense(tokens, self.shared_expert_gate, "ne,eo->no", self.backend)
+            if self.logit_multiplier is not None:
+                gate_logits = gate_logits * self.logit_multiplier
+            shared_gate = jax.nn.sigmoid(gate_logits)
             routed = routed + shared_gate * self.shared_expert(tokens)
 
         stats = router_stats(probs, experts, token_mask.reshape(-1), dropped)

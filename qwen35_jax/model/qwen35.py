@@ -20,6 +20,7 @@ from qwen35_jax.model.moe import RouterStats, load_balancing_loss
 from qwen35_jax.model.mtp import MultiTokenPredictor
 from qwen35_jax.model.multimodal import fuse_vision, multimodal_positions
 from qwen35_jax.model.norms import RMSNorm
+from qwen35_jax.model.parametrization import output_multiplier, scale_hidden_init
 from qwen35_jax.model.params import dense, make_param
 from qwen35_jax.model.rope import rope_cos_sin
 from qwen35_jax.model.vision import VisionTower
@@ -78,14 +79,18 @@ class Qwen35ForCausalLM(nnx.Module):
                             if config.mtp_num_hidden_layers else None)
         self.visual = nnx.data(VisionTower(config.vision, param_dtype=pdt, rngs=rngs, dtype=jnp.dtype(config.dtype))
                                if config.vision else None)
+        self.logit_multiplier = output_multiplier(config)  # µP's 1 / m (numerics §12); None under "sp"
+        scale_hidden_init(self, config)
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         return self.embed_tokens[...][input_ids].astype(jnp.dtype(self.config.dtype))
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:
-            return dense(hidden, self.embed_tokens, "bte,ve->btv", self.backend)
-        return dense(hidden, self.lm_head, "bte,ev->btv", self.backend)
+            logits = dense(hidden, self.embed_tokens, "bte,ve->btv", self.backend)
+        else:
+            logits = dense(hidden, self.lm_head, "bte,ev->btv", self.backend)
+        return logits if self.logit_multiplier is None else logits * self.logit_multiplier
 
     def init_cache(self, batch: int, max_length: int) -> HybridCache:
         """An empty cache for ``batch`` rows of at most ``max_length`` tokens (prompt, padding included, + new)."""

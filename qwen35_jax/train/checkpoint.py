@@ -47,6 +47,7 @@ from qwen35_jax.train.workdir import (  # noqa: F401 - the experiment config hel
     flat_items,
     load_experiment_config,
     save_experiment_config,
+    set_aside,
 )
 
 MAX_SHOWN = 8  # differing fields named in a WorkdirConfigMismatchError
@@ -130,11 +131,12 @@ def check_workdir(workdir: str | os.PathLike, model_config: ModelConfig,
 class Checkpoints:
     """Async save / keep-last-K / resume-from-newest-readable for one training run."""
 
-    def __init__(self, workdir: str | os.PathLike, keep: int) -> None:
+    def __init__(self, workdir: str | os.PathLike, keep: int, keep_steps: tuple[int, ...] = ()) -> None:
         if keep < 1:
             raise ValueError(f"config.checkpoint.keep={keep} is invalid: keep at least 1 checkpoint")
         self.directory = checkpoint_root(workdir)
         self.keep = keep
+        self.keep_steps = frozenset(keep_steps)  # never deleted (e.g. the branch points of a wsd run)
         self._pending: Any = None
 
     def steps(self) -> list[int]:
@@ -159,7 +161,7 @@ class Checkpoints:
             return
         self._pending.result()
         self._pending = None
-        for step in self.steps()[:-self.keep]:
+        for step in [s for s in self.steps() if s not in self.keep_steps][:-self.keep]:
             shutil.rmtree(os.path.join(self.directory, str(step)))
 
     def restore_latest(self, params: Any, train: Any) -> tuple[Any, Any, dict[str, Any]] | None:
@@ -168,22 +170,18 @@ class Checkpoints:
         for step in reversed(self.steps()):
             path = os.path.join(self.directory, str(step))
             try:
-                loaded = ocp.load_checkpointables(
-                    path, {"params": _abstract(params), "train": _abstract(train), "meta": None})
-                return unflatten(params, loaded["params"]), unflatten(train, loaded["train"]), loaded["meta"]
+                return restore_checkpoint(path, params, train)
             except Exception as error:  # noqa: BLE001 - any read failure means "not usable"; say why and go on
-                moved = _set_aside(path)
+                moved = set_aside(path)
                 log.warning("checkpoint %s is incomplete or unreadable (%s: %s); moved it to %s and trying the "
                             "previous checkpoint", path, type(error).__name__, str(error)[:300], moved)
         return None
 
 
-def _set_aside(path: str) -> str:
-    n = 0
-    while os.path.exists(f"{path}.unreadable-{n}"):
-        n += 1
-    os.rename(path, f"{path}.unreadable-{n}")
-    return f"{path}.unreadable-{n}"
+def restore_checkpoint(path: str | os.PathLike, params: Any, train: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """``(params, train, meta)`` of the step directory ``path``, shaped/sharded like the given templates."""
+    loaded = ocp.load_checkpointables(path, {"params": _abstract(params), "train": _abstract(train), "meta": None})
+    return unflatten(params, loaded["params"]), unflatten(train, loaded["train"]), loaded["meta"]
 
 
 def _resolve(path: str | os.PathLike, step: int | None) -> str:

@@ -34,6 +34,9 @@ import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_impl
+
+from qwen35_jax.train.config_schema import fill_defaults
 
 DEBUG_ENV = "QWEN35_JAX_DEBUG"
 TRACEBACK_HINT = f"({DEBUG_ENV}=1 shows the traceback)"
@@ -197,12 +200,37 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
     return rest
 
 
+class _ExperimentConfigParser(config_flags_impl.ConfigFileFlagParser):
+    """ml_collections' config-file parser, with every section's defaults filled in (``config_schema.DEFAULTS``)
+    before the command line's overrides apply: ``--config.train.schedule=wsd`` works for a config file that does
+    not spell the field out. Configs without a ``model`` section (not experiment configs) are left as they are."""
+
+    def parse(self, path: str) -> ml_collections.ConfigDict:
+        config = super().parse(path)
+        if isinstance(config, ml_collections.ConfigDict) and "model" in config:
+            config = fill_defaults(config)
+            config.lock()
+        return config
+
+
+def define_experiment_config(name: str = "config", help_string: str = "Experiment config file[:variant].", *,
+                             flag_values: flags.FlagValues = flags.FLAGS,
+                             sys_argv: list[str] | None = None) -> flags.FlagHolder:
+    """``config_flags.DEFINE_config_file`` whose config has its defaults filled (``_ExperimentConfigParser``)."""
+    # ml_collections exposes the parser but not a parser argument: its flag class is built here as it builds it.
+    flag = config_flags_impl._ConfigFlag(  # noqa: SLF001
+        parser=_ExperimentConfigParser(name=name, lock_config=True), serializer=flags.ArgumentSerializer(), name=name,
+        default=None, help_string=help_string, flag_values=flag_values, accept_new_attributes=False,
+        sys_argv=sys_argv)
+    return flags.DEFINE_flag(flag, flag_values)
+
+
 def load_config_with_overrides(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
     """The experiment config ``--config=spec --config.a.b=v ...`` gives a program, parsed by the same
     ml_collections flag as the programs use (``overrides``: ``a.b=v`` strings), in a fresh flag set."""
     argv = ["config-check", f"--config={spec}", *[f"--config.{o}" for o in overrides]]
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "experiment config", flag_values=flag_values, sys_argv=argv)
+    define_experiment_config("config", "experiment config", flag_values=flag_values, sys_argv=argv)
     parse_flags(flag_values, argv)
     return flag_values.config
 

@@ -17,6 +17,7 @@ from qwen35_jax.config import ModelConfig
 from qwen35_jax.data.captions import CaptionDataConfig
 from qwen35_jax.data.mqar import parse_settings
 from qwen35_jax.data.text_dataset import parse_corpora, parse_weights, source_name
+from qwen35_jax.train.optimizer import DECAY_SHAPES, OPTIMIZERS, SCHEDULES, decay_steps
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -45,7 +46,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "steps": 100,
         "learning_rate": 3e-3,
         "warmup_steps": 10,
-        "min_lr_ratio": 0.1,
+        "min_lr_ratio": 0.1,  # the schedule ends at learning_rate * min_lr_ratio (cosine, wsd)
+        "schedule": "cosine",  # cosine | wsd | constant (qwen35_jax.train.optimizer; numerics §12.3)
+        "decay_fraction": 0.2,  # wsd: the cooldown's share of train.steps (when decay_steps is 0)
+        "decay_steps": 0,  # wsd: the cooldown's length in steps (0: decay_fraction x steps)
+        "decay_shape": "linear",  # wsd's cooldown: linear | 1-sqrt
+        # A decay branch: start from this checkpoint step directory of another run (e.g. "runs/wsd/checkpoints/800")
+        # — params, optimizer state, step and data position — when this workdir has no checkpoint yet. The two
+        # schedules must agree up to that step (a stable-phase checkpoint of a wsd or constant run).
+        "branch_from": "",
+        "optimizer": "adamw",  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
+        "muon_learning_rate": 0.0,  # Muon's peak learning rate (0: learning_rate); the schedule's shape is shared
+        "muon_momentum": 0.95,
+        "muon_consistent_rms": 0.0,  # > 0 (e.g. 0.2): scale updates to AdamW's RMS; 0: sqrt(fan_out / fan_in)
         "weight_decay": 0.1,
         "decay_embeddings": False,
         "b1": 0.9,
@@ -70,6 +83,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "checkpoint": {
         "every": 50,  # steps between saves (plus one at the end and on SIGTERM)
         "keep": 3,
+        "keep_steps": (),  # steps also saved and never deleted, e.g. a wsd run's branch points (80, 160)
     },
     "hardware": {
         # The TPU topology the config is written for, e.g. "v5p:4x4x4": ``tools.aot_compile`` compiles for it by
@@ -79,6 +93,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 SECTIONS = ("seed", "name", "model", "data", "train", "checkpoint", "mesh", "multihost", "hardware")
 MOMENT_DTYPES = ("float32", "bfloat16")
+
 # config.data's fields depend on its kind: text corpora (DEFAULTS["data"]) or image captions (CaptionDataConfig).
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     "text": DEFAULTS["data"],
@@ -159,6 +174,23 @@ def _check_mqar(data: ml_collections.ConfigDict) -> None:
                  f"{length}" + (" (data.seq_len)" if field == "data.mqar_train_pairs" else ""))
 
 
+def _check_schedule(train: ml_collections.ConfigDict) -> None:
+    """The learning-rate schedule's fields (``qwen35_jax.train.optimizer.make_schedule``)."""
+    _require(train.schedule in SCHEDULES, "train.schedule", train.schedule, f"choose one of {SCHEDULES}")
+    _require(0 <= train.warmup_steps < train.steps, "train.warmup_steps", train.warmup_steps,
+             f"must be in [0, train.steps={train.steps}) (the schedule needs at least one step after the warmup)")
+    _require(train.decay_shape in DECAY_SHAPES, "train.decay_shape", train.decay_shape, f"choose one of {DECAY_SHAPES}")
+    _require(0 < train.decay_fraction <= 1, "train.decay_fraction", train.decay_fraction,
+             "must be in (0, 1], e.g. 0.2 (the last 20 % of the steps)")
+    _require(train.decay_steps >= 0, "train.decay_steps", train.decay_steps, "use 0 (decay_fraction) or a step count")
+    if train.schedule == "wsd":
+        cooldown = decay_steps(train)
+        _require(1 <= cooldown <= train.steps - train.warmup_steps, "train.decay_steps", train.decay_steps,
+                 f"the cooldown of {cooldown} steps must fit after the warmup: 1 <= cooldown <= train.steps - "
+                 f"train.warmup_steps = {train.steps - train.warmup_steps} (set train.decay_steps or "
+                 "train.decay_fraction)")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """Check every field the loop uses (see the module docstring); returns the model config (its vocab_size is
     replaced later when a compact vocabulary is built)."""
@@ -188,8 +220,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
         _check_mqar(data)
     for name in ("steps", "log_every", "eval_batches", "grad_accum_steps", "max_nonfinite_in_a_row"):
         _require(train[name] >= 1, f"train.{name}", train[name], "must be >= 1")
-    _require(0 <= train.warmup_steps < train.steps, "train.warmup_steps", train.warmup_steps,
-             f"must be in [0, train.steps={train.steps}) (the cosine decay needs at least one step)")
+    _check_schedule(train)
+    _require(train.optimizer in OPTIMIZERS, "train.optimizer", train.optimizer, f"choose one of {OPTIMIZERS}")
+    _require(train.muon_learning_rate >= 0, "train.muon_learning_rate", train.muon_learning_rate,
+             "must be >= 0 (0: train.learning_rate), e.g. 0.02")
+    _require(0 <= train.muon_momentum < 1, "train.muon_momentum", train.muon_momentum, "must be in [0, 1), e.g. 0.95")
+    _require(train.muon_consistent_rms >= 0, "train.muon_consistent_rms", train.muon_consistent_rms,
+             "use 0 (shape scaling) or e.g. 0.2 (AdamW's update RMS)")
     _require(train.eval_every >= 0, "train.eval_every", train.eval_every, "use 0 (start and end only) or >= 1")
     _require(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "must be > 0, e.g. 3e-3")
     _require(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", train.min_lr_ratio, "must be in [0, 1]")
@@ -210,10 +247,15 @@ def validate_config(config: ml_collections.ConfigDict) -> ModelConfig:
              f"must be a multiple of train.grad_accum_steps={train.grad_accum_steps}")
     _require(ckpt.every >= 1, "checkpoint.every", ckpt.every, "must be >= 1")
     _require(ckpt.keep >= 1, "checkpoint.keep", ckpt.keep, "must be >= 1")
+    _require(all(1 <= s <= train.steps for s in ckpt.keep_steps), "checkpoint.keep_steps", ckpt.keep_steps,
+             f"every step must be in [1, train.steps={train.steps}]")
     try:
         model_config = ModelConfig.from_dict(config.model.to_dict())
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.model is invalid: {error}") from error
+    _require(train.muon_consistent_rms == 0 or model_config.parametrization == "sp" or train.optimizer != "muon",
+             "train.muon_consistent_rms", train.muon_consistent_rms, "must be 0 under model.parametrization='mup': "
+             "the consistent-RMS scale grows with width, the shape scale keeps Muon's updates µP (numerics §12.4)")
     _require(train.mtp_loss_weight == 0 or model_config.mtp_num_hidden_layers >= 1, "train.mtp_loss_weight",
              train.mtp_loss_weight, "needs an MTP head: set model.mtp_num_hidden_layers=1 (or train.mtp_loss_weight=0)")
     return model_config

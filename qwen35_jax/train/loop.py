@@ -29,11 +29,14 @@ from jax.sharding import Mesh, NamedSharding
 from qwen35_jax.model.build import validate_model
 from qwen35_jax.parallel import MeshConfig, build_mesh, multihost
 from qwen35_jax.parallel.runtime import Runtime
-from qwen35_jax.train.checkpoint import Checkpoints, check_workdir, save_experiment_config
+from qwen35_jax.param_count import non_embedding_count
+from qwen35_jax.train.branch import check_branch
+from qwen35_jax.train.checkpoint import Checkpoints, check_workdir, restore_checkpoint, save_experiment_config
 from qwen35_jax.train.config_schema import fill_defaults, validate_config
 from qwen35_jax.train.data_sources import DATA_SOURCES, DataSource
 from qwen35_jax.train.flops import peak_flops_per_device, training_flops_per_token
 from qwen35_jax.train.metrics import CURVES_FILE, MetricsLog, Progress, plot_curves
+from qwen35_jax.train.provenance import record_provenance
 from qwen35_jax.train.step import all_finite, mean_nll
 from qwen35_jax.train.trainer import batch_sharding, build_trainer, field_sharding
 
@@ -130,6 +133,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource, 
     validate_model(model_config, Runtime.for_mesh(mesh, mesh_config))  # shapes only: every parameter shards evenly
     # another model's checkpoints or another dataset: stop before anything is built, renamed or written
     check_workdir(workdir, model_config, getattr(source.train, "check_state", None))
+    checkpoints = Checkpoints(workdir, config.checkpoint.keep, tuple(config.checkpoint.keep_steps))
+    branch = None  # (source checkpoint, meta) of a decay branch's first start
+    if train_cfg.branch_from and not checkpoints.steps():
+        branch = check_branch(config, model_config, getattr(source.train, "check_state", None))
     data_seconds = time.perf_counter() - run_start
 
     begin = time.perf_counter()
@@ -137,9 +144,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource, 
     params = trainer.state["params"]
     train_state = {k: v for k, v in trainer.state.items() if k != "params"}
     replicated = trainer.replicated
-    checkpoints = Checkpoints(workdir, config.checkpoint.keep)
     restored = checkpoints.restore_latest(params, train_state)
+    if branch is not None:
+        restored = restore_checkpoint(branch[0], params, train_state)
     save_experiment_config(workdir, config)
+    record_provenance(workdir)
     start_step = 0
     if restored is not None:
         params, train_state, meta = restored
@@ -151,13 +160,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource, 
     init_seconds = time.perf_counter() - begin
 
     metrics = MetricsLog(workdir, resume_step=start_step if restored is not None else None)
-    if restored is not None:
+    if branch is not None:
+        print(f"branching from {branch[0]} (step {start_step})", flush=True)
+        metrics.write({"event": "branch", "from_step": start_step, "checkpoint": os.path.abspath(branch[0])})
+    elif restored is not None:
         print(f"resumed from checkpoint step {start_step} in {checkpoints.directory}", flush=True)
         metrics.write({"event": "resume", "from_step": start_step})
     metrics.write({"event": "data", "train_tokens": source.train_tokens, "vocab_size": model_config.vocab_size,
                    "seconds": round(data_seconds, 2)})
-    metrics.write({"event": "model", "params": num_params, "devices": jax.device_count(),
-                   "mesh": dict(mesh.shape), "seconds": round(init_seconds, 2)})
+    metrics.write({"event": "model", "params": num_params, "non_embedding_params": non_embedding_count(params),
+                   "devices": jax.device_count(), "mesh": dict(mesh.shape), "seconds": round(init_seconds, 2)})
 
     eval_step = trainer.eval_step()
     validation = {name: [to_global(_local(b, sharding), sharding, b["input_ids"].shape[0]) for b in batches]
@@ -188,6 +200,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource, 
     peak = peak_flops_per_device(override=train_cfg.peak_flops_per_device)
     tokens_per_step = data_cfg.seq_len * data_cfg.batch_size
     nan_steps = set(train_cfg.debug_nan_steps)
+    keep_steps = set(config.checkpoint.keep_steps)
     progress = Progress(train_cfg.steps, start_step)
     last_time, last_step = time.perf_counter(), start_step
     local_rows = data_cfg.batch_size // jax.process_count()
@@ -253,7 +266,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource, 
                 print(progress.line(step, record["loss"], record.get("tokens_per_s"), per_step), flush=True)
                 last_time, last_step = now, step
             stopping = stop.requested  # read once: a signal may arrive between the save and the stop
-            if step % config.checkpoint.every == 0 or stopping:
+            if step % config.checkpoint.every == 0 or step in keep_steps or stopping:
                 check_nonfinite(*pending)  # a checkpoint's metrics are complete up to its step
                 pending = None
                 save(step)

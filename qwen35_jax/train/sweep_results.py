@@ -5,10 +5,14 @@ Each point is one training run in ``WORKDIR/<point>``; its ``metrics.jsonl`` (``
 the training losses, the validation losses per corpus (``val_loss/<corpus>``) and, from the text source's final
 evaluation, bits per byte (``bpb/<corpus>``) and MQAR accuracy per setting (``mqar/<length>x<pairs>``, with
 ``mqar_chance``). An arm's row averages its finished seeds; an arm none of whose seeds finished shows only its count.
+Each point's ``provenance.json`` (``qwen35_jax.train.provenance``) gives the software and devices it ran on:
+``results.md`` names them per point and lists each distinct software set, and ``points.csv`` has one row per point
+(parameters, tokens trained, final losses and provenance) for ``tools.fit_scaling_law``.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import os
@@ -17,10 +21,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwen35_jax.train.metrics import read_records
+from qwen35_jax.train.provenance import PACKAGES, load_provenance
 
-RESULTS_FILE, LOSS_PLOT, RECALL_PLOT = "results.md", "loss.png", "recall.png"
+RESULTS_FILE, POINTS_FILE, LOSS_PLOT, RECALL_PLOT = "results.md", "points.csv", "loss.png", "recall.png"
 # Summary keys in table order: held-out quality first, then cost.
-_KEY_ORDER = ("val_loss/", "bpb/", "mqar/", "train_loss", "step_ms", "tokens_per_s", "params")
+_KEY_ORDER = ("val_loss/", "bpb/", "mqar/", "train_loss", "step_ms", "tokens_per_s", "non_embedding_params", "params")
+_NOT_METRICS = ("status", "mqar_chance", "steps", "provenance")  # summary keys that are no metric column
+# What makes a software set: the versions, the commit and the devices of a start's provenance.
+SOFTWARE_FIELDS = (*PACKAGES.values(), "python", "commit", "dirty", "device_kind", "device_count")
+CSV_PROVENANCE = (*SOFTWARE_FIELDS, "command")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +43,11 @@ class SweepPoint:
     tokens_per_step: int = 0
 
 
-def summarize(records: list[dict[str, Any]], tokens_per_step: int = 0) -> dict[str, Any]:
-    """``status`` ("done" / "unfinished") and the final metrics of one run's records."""
+def summarize(records: list[dict[str, Any]], tokens_per_step: int = 0,
+              provenance: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """``status`` ("done" / "unfinished"), the final metrics of one run's records (in the order of their first
+    appearance), ``steps`` (the done event's step), ``params`` / ``non_embedding_params`` (the model event's) and
+    ``provenance``: the run's latest start (``load_provenance``), when given."""
     train = [r for r in records if "loss" in r and "step" in r and math.isfinite(r["loss"])]
     out: dict[str, Any] = {"status": "done" if any(r.get("event") == "done" for r in records) else "unfinished"}
     if train:
@@ -49,9 +61,15 @@ def summarize(records: list[dict[str, Any]], tokens_per_step: int = 0) -> dict[s
         for key, value in record.items():
             if key.startswith(("val_loss/", "bpb/", "mqar/")) or key == "mqar_chance":
                 out[key] = value
-    params = [r["params"] for r in records if r.get("event") == "model"]
-    if params:
-        out["params"] = params[-1]
+    models = [r for r in records if r.get("event") == "model"]
+    for key in ("params", "non_embedding_params"):
+        if models and key in models[-1]:
+            out[key] = models[-1][key]
+    done = [r["step"] for r in records if r.get("event") == "done" and "step" in r]
+    if done:
+        out["steps"] = done[-1]
+    if provenance:
+        out["provenance"] = provenance[-1]
     return out
 
 
@@ -78,7 +96,7 @@ def _format(key: str, value: Any) -> str:
 def _mean_std(key: str, values: list[float]) -> str:
     if not values:
         return ""
-    if key == "params":
+    if key.endswith("params"):
         return _format(key, values[0]) if len(set(values)) == 1 else f"{min(values):,}-{max(values):,}"
     digits = 1 if key in ("step_ms", "tokens_per_s") else 3 if key.startswith("mqar/") else 4
     mean = statistics.fmean(values)
@@ -91,7 +109,7 @@ def arm_table(points: Sequence[SweepPoint], rows: dict[str, dict[str, Any]]) -> 
     """Markdown: one row per arm, mean ± sample standard deviation over its finished seeds."""
     arms = list(dict.fromkeys(p.arm for p in points))
     keys = _ordered({k for r in rows.values() if r["status"] == "done" for k in r
-                     if k not in ("status", "mqar_chance", "tokens_per_s")})  # step_ms says the same
+                     if k not in (*_NOT_METRICS, "tokens_per_s")})  # step_ms says the same
     lines = ["| arm | seeds done | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for arm in arms:
         members = [p for p in points if p.arm == arm]
@@ -102,30 +120,102 @@ def arm_table(points: Sequence[SweepPoint], rows: dict[str, dict[str, Any]]) -> 
     return "\n".join(lines) + "\n"
 
 
+def short_commit(provenance: dict[str, Any]) -> str:
+    """``"0123456789+dirty"``: a commit's first 10 characters, marked when tracked files were modified."""
+    commit = str(provenance.get("commit", ""))
+    short = commit if commit.startswith("unknown") else commit[:10]
+    return short + ("+dirty" if provenance.get("dirty") else "")
+
+
+def device_text(provenance: dict[str, Any]) -> str:
+    """``"cpu x1"``: the device kind and count."""
+    return f"{provenance['device_kind']} x{provenance['device_count']}" if "device_kind" in provenance else ""
+
+
 def point_table(points: Sequence[SweepPoint], rows: dict[str, dict[str, Any]]) -> str:
-    """Markdown: one row per point with its overrides and final metrics."""
+    """Markdown: one row per point with its overrides, final metrics and the commit, jax and devices it ran on."""
     override_keys = list(dict.fromkeys(k for p in points for k in p.overrides))
-    keys = _ordered({k for r in rows.values() for k in r if k not in ("status", "mqar_chance")})
-    lines = ["| point | " + " | ".join(override_keys + keys + ["status"]) + " |",
-             "|" + "---|" * (len(override_keys) + len(keys) + 2)]
+    keys = _ordered({k for r in rows.values() for k in r if k not in _NOT_METRICS})
+    columns = [*override_keys, *keys, "status", "commit", "jax", "device"]
+    lines = ["| point | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for p in points:
+        row, provenance = rows[p.name], rows[p.name].get("provenance", {})
         cells = [p.name, *(p.overrides.get(k, "") for k in override_keys)]
-        cells += [_format(k, rows[p.name].get(k, "")) for k in keys]
-        lines.append("| " + " | ".join([*cells, str(rows[p.name]["status"])]) + " |")
+        cells += [_format(k, row.get(k, "")) for k in keys]
+        cells += [str(row["status"]), short_commit(provenance), str(provenance.get("jax", "")),
+                  device_text(provenance)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def provenance_table(points: Sequence[SweepPoint], rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown: one row per distinct software set (versions, commit, dirty, devices) of the points' latest starts,
+    naming the points that ran on it; then the points without a ``provenance.json``."""
+    sets: dict[tuple[str, ...], list[str]] = {}
+    missing = []
+    for p in points:
+        provenance = rows[p.name].get("provenance")
+        if provenance is None:
+            missing.append(p.name)
+        else:
+            sets.setdefault(tuple(_csv_value(provenance.get(k)) for k in SOFTWARE_FIELDS), []).append(p.name)
+    lines = ["| " + " | ".join([*SOFTWARE_FIELDS, "points"]) + " |", "|" + "---|" * (len(SOFTWARE_FIELDS) + 1)]
+    lines += ["| " + " | ".join([*values, ", ".join(names)]) + " |" for values, names in sets.items()]
+    text = "\n".join(lines) + "\n" if sets else ""
+    if missing:
+        text += f"\nNo provenance.json (run before it was recorded, or never started): {', '.join(missing)}.\n"
+    return text
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def write_points_csv(workdir: str, points: Sequence[SweepPoint], rows: dict[str, dict[str, Any]]) -> str:
+    """``WORKDIR/points.csv``, one row per point: ``point, arm, seed``, the override keys, ``status``, ``params``
+    (non-embedding parameters), ``params_total``, ``tokens`` (tokens trained: the done event's step x tokens per
+    step), ``loss`` (the final validation loss of the first validation corpus, i.e. of the first ``val_loss/<name>``
+    key in the run's records; empty unless the point is done), every ``val_loss/*`` and ``bpb/*`` and the latest
+    start's provenance (``CSV_PROVENANCE``). Empty cells are unknown. Returns the path."""
+    fixed = ["point", "arm", "seed"]
+    override_keys = [k for k in dict.fromkeys(k for p in points for k in p.overrides) if k not in fixed]
+    losses = _ordered({k for r in rows.values() for k in r if k.startswith(("val_loss/", "bpb/"))})
+    columns = [*fixed, *override_keys, "status", "params", "params_total", "tokens", "loss", *losses,
+               *CSV_PROVENANCE]
+    path = os.path.join(workdir, POINTS_FILE)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for p in points:
+            row, provenance = rows[p.name], rows[p.name].get("provenance", {})
+            done = row["status"] == "done"
+            first_val = next((k for k in row if k.startswith("val_loss/")), None)
+            values = [p.name, p.arm, p.seed, *(p.overrides.get(k) for k in override_keys), row["status"],
+                      row.get("non_embedding_params"), row.get("params"),
+                      row["steps"] * p.tokens_per_step if done and "steps" in row and p.tokens_per_step else None,
+                      row[first_val] if done and first_val else None, *(row.get(k) for k in losses),
+                      *(provenance.get(k) for k in CSV_PROVENANCE)]
+            writer.writerow([_csv_value(v) for v in values])
+    return path
 
 
 def write_results(workdir: str, points: Sequence[SweepPoint], *, title: str = "Sweep",
                   notes: Sequence[str] = (), axis_label: str = "") -> str:
-    """``results.md``, ``loss.png`` and (with MQAR results) ``recall.png`` in ``workdir``; returns the markdown."""
+    """``results.md``, ``points.csv``, ``loss.png`` and (with MQAR results) ``recall.png`` in ``workdir``; returns
+    the markdown."""
     records = {p.name: read_records(os.path.join(workdir, p.name)) for p in points}
-    rows = {p.name: summarize(records[p.name], p.tokens_per_step) for p in points}
+    rows = {p.name: summarize(records[p.name], p.tokens_per_step, load_provenance(os.path.join(workdir, p.name)))
+            for p in points}
     chance = next((r["mqar_chance"] for r in rows.values() if "mqar_chance" in r), None)
     parts = [f"# {title}\n", *[f"{n}\n" for n in notes]]
     parts += ["\n## Arms (mean ± standard deviation over seeds)\n\n", arm_table(points, rows)]
     if chance is not None:
         parts.append(f"\nMQAR columns: accuracy on the answers (chance {chance:.4f}).\n")
     parts += ["\n## Points\n\n", point_table(points, rows)]
+    parts += ["\n## Provenance\n\nThe software and devices of each point's latest start (its `provenance.json`); "
+              f"one row per distinct set. Per point: `{POINTS_FILE}`.\n\n", provenance_table(points, rows)]
     plots = [name for name, made in ((LOSS_PLOT, plot_losses(workdir, points, records)),
                                      (RECALL_PLOT, plot_recall(workdir, points, rows, chance, axis_label))) if made]
     if plots:
@@ -133,6 +223,7 @@ def write_results(workdir: str, points: Sequence[SweepPoint], *, title: str = "S
     text = "".join(parts)
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
         f.write(text)
+    write_points_csv(workdir, points, rows)
     return text
 
 

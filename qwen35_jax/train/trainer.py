@@ -121,7 +121,7 @@ def build_trainer(config: ml_collections.ConfigDict, model_config: ModelConfig, 
     del model
     replicated = NamedSharding(mesh, PartitionSpec())
     param_shardings = state_shardings(params, mesh, mesh_config.rules)
-    tx, schedule = make_optimizer(config.train, params)
+    tx, schedule = make_optimizer(config.train, params, model_config)
     opt_shapes = jax.eval_shape(tx.init, params)
     opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shapes, param_shardings,
                                           transform_non_params=lambda _: replicated)

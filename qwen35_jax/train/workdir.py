@@ -35,6 +35,15 @@ def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
                   if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
+def set_aside(path: str) -> str:
+    """Rename an unreadable ``path`` to ``<path>.unreadable-<n>`` (kept for inspection, never deleted); the new name."""
+    n = 0
+    while os.path.exists(f"{path}.unreadable-{n}"):
+        n += 1
+    os.rename(path, f"{path}.unreadable-{n}")
+    return f"{path}.unreadable-{n}"
+
+
 def flat_items(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a.b": leaf}`` of nested mappings (JSON-like values)."""
     out: dict[str, Any] = {}

@@ -114,6 +114,7 @@ def test_sequence_not_divisible_by_shards_times_chunk_is_refused():
         rule(q, k, v, g, beta, segment_ids=jnp.ones((BATCH, 480), jnp.int32))
 
 
+@pytest.mark.slowtier  # ~70 s in interpret mode; the kernel's own tests and the chunked form across shards stay in CI
 def test_pallas_tpu_kernel_across_shards_interpret():
     """The Mosaic kernel (interpret mode) as the per-shard core: its initial state in, its shard's map out."""
     length = 256

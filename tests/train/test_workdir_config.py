@@ -21,6 +21,7 @@ from qwen35_jax.train.checkpoint import (
     model_config_differences,
     save_experiment_config,
 )
+from qwen35_jax.train.provenance import PROVENANCE_FILE, load_provenance
 from qwen35_jax.train.workdir import CONFIG_FILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -124,6 +125,12 @@ def test_rerun_with_another_model_stops_before_touching_the_workdir(tmp_path, en
     assert saved.model.hidden_size == 32 and saved.train.steps == 4 and "fsdp" in saved.mesh
     checkpoints, metrics = tree_hashes(tmp_path / "checkpoints"), (tmp_path / "metrics.jsonl").read_bytes()
     config_file = (tmp_path / CONFIG_FILE).read_bytes()
+    [start] = load_provenance(tmp_path)  # what made the run: every field filled
+    assert all(v not in ("", None) for v in start.values()) and "experiments.train --config" in start["command"]
+    assert start["device_count"] == 1 and start["platform"] == "cpu"
+    provenance = (tmp_path / PROVENANCE_FILE).read_bytes()
+    model = next(json.loads(line) for line in metrics.splitlines() if b'"event": "model"' in line)
+    assert 0 < model["non_embedding_params"] < model["params"]
 
     again = train(tmp_path, env, "--config.model.hidden_size=64")
     assert again.returncode != 0
@@ -132,3 +139,4 @@ def test_rerun_with_another_model_stops_before_touching_the_workdir(tmp_path, en
     assert tree_hashes(tmp_path / "checkpoints") == checkpoints  # nothing renamed, written or deleted
     assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
     assert (tmp_path / CONFIG_FILE).read_bytes() == config_file
+    assert (tmp_path / PROVENANCE_FILE).read_bytes() == provenance

@@ -43,6 +43,7 @@ ablations: $(VENV)/.installed
 scaling: $(VENV)/.installed
 	$(PY) -m experiments.sweep --config configs/scaling/wsd.py --workdir runs/scaling/wsd
 	$(PY) -m experiments.sweep --config configs/scaling/lr_transfer.py --workdir runs/scaling/lr_transfer
+	$(PY) -m experiments.lr_transfer --workdir runs/scaling/lr_transfer
 	$(PY) -m experiments.isoflop --workdir runs/scaling/isoflop
 
 test: $(VENV)/.installed $(REF_VENV)/.installed $(FIXTURES)/manifest.json

@@ -526,7 +526,9 @@ def plot(results: dict[str, Any], path: str) -> None:
                         label=f"step {step}")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            # Minor ticks labelled only on panels spanning under half a decade (else they crowd the axis).
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False,
+                                                                                   minor_thresholds=(0.5, 0.2)))
             ax.set_title(f"{ffn} · {parametrization} · {kind}", fontsize=9)
             ax.tick_params(labelsize=7)
             if r == len(rows) - 1:

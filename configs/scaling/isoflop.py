@@ -3,8 +3,8 @@
   python -m experiments.isoflop --workdir runs/scaling/isoflop          # sweep, fits, plots, extrapolation point
   python -m experiments.sweep --config configs/scaling/isoflop.py --workdir runs/scaling/isoflop   # the sweep only
 
-Arms ``C<budget>_w<width>_l<layers>``: budgets 3e11, 1e12 and 3e12 training FLOPs x 6 rungs of
-qwen35_jax.scaling.ladder (36 K to 1.8 M non-embedding parameters), each trained for D = C / (FLOPs per token)
+Arms ``C<budget>_w<width>_l<layers>``: budgets 1e11, 3e11 and 1e12 training FLOPs x 5 rungs of
+qwen35_jax.scaling.ladder (55 K to 0.97 M non-embedding parameters), each trained for D = C / (FLOPs per token)
 tokens (cosine, 10 % warmup). experiments.isoflop then fits a parabola in log N per budget, N_opt(C) and D_opt(C),
 and L(N, D) = E + A / N^alpha + B / D^beta with bootstrap intervals, and trains the rung nearest N_opt at 4x the
 largest budget to compare the law's prediction with the measured loss.

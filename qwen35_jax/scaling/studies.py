@@ -29,15 +29,15 @@ SEQ_LEN, BATCH = 128, 8
 BASE_WIDTH = 64  # µP's base (model.mup_base_width) and the smallest width of the learning-rate study
 
 
-def base_config(name: str, width: int = 64, layers: int = 4, ffn: str = "dense", **train: Any,
-                ) -> ml_collections.ConfigDict:
+def base_config(name: str, width: int = 64, layers: int = 4, ffn: str = "dense", *, seq_len: int = SEQ_LEN,
+                **train: Any) -> ml_collections.ConfigDict:
     """One ladder rung's experiment config (see the module docstring); ``train`` overrides ``config.train``."""
     return experiment(
         name, "qwen35_0p8b",
         model={**model_shape(width, layers, ffn), "vocab_size": 248320, "tie_word_embeddings": False, "vision": None,
                "mtp_num_hidden_layers": 0, "dtype": "float32", "param_dtype": "float32", "gdn_impl": "chunked",
                "parametrization": "sp", "mup_base_width": BASE_WIDTH},
-        data={"corpora": "shakespeare", "seq_len": SEQ_LEN, "batch_size": BATCH, "compact_vocab": True,
+        data={"corpora": "shakespeare", "seq_len": seq_len, "batch_size": BATCH, "compact_vocab": True,
               "compact_vocab_max_size": VOCAB},
         train={"steps": 400, "learning_rate": 3e-3, "warmup_steps": 40, "log_every": 20, "eval_batches": 8, **train},
         checkpoint={"every": 10_000, "keep": 1})
@@ -50,12 +50,12 @@ def shape_overrides(width: int, layers: int, ffn: str = "dense") -> dict[str, An
 
 # ------------------------------------------------------------------------------------------------ learning rates
 LR_WIDTHS = (64, 128, 256, 512)
-LEARNING_RATES = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
-LR_STEPS = 150
+LEARNING_RATES = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
+LR_STEPS, LR_SEQ_LEN = 100, 64  # 100 steps of 8 x 64 tokens: the width-512 runs cost ~5e12 FLOPs each
 
 
 def lr_transfer_sweep() -> Sweep:
-    """parametrisation x width x learning rate, 4 layers, 150 steps (arms ``<sp|mup>_w<width>_lr<lr>``)."""
+    """parametrisation x width x learning rate, 4 layers, 100 steps (arms ``<sp|mup>_w<width>_lr<lr>``)."""
     arms = {f"{p}_w{w}_lr{lr:g}": {**shape_overrides(w, 4), "model.parametrization": p, "train.learning_rate": lr}
             for p in ("sp", "mup") for w in LR_WIDTHS for lr in LEARNING_RATES}
     return Sweep(arms, seeds=(0, 1), axis_label="learning rate")
@@ -84,8 +84,8 @@ def wsd_sweep() -> Sweep:
 
 
 # ------------------------------------------------------------------------------------------------ isoFLOP
-ISOFLOP_BUDGETS = (3e11, 1e12, 3e12)  # training FLOPs per run
-ISOFLOP_RUNGS = ((32, 4), (32, 8), (64, 4), (64, 8), (96, 8), (128, 8))
+ISOFLOP_BUDGETS = (1e11, 3e11, 1e12)  # training FLOPs per run
+ISOFLOP_RUNGS = ((32, 4), (32, 8), (64, 4), (64, 8), (96, 8))
 EXTRAPOLATION_FACTOR = 4  # the check point's budget, x the largest fitted one
 
 

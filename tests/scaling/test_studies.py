@@ -17,8 +17,8 @@ def test_every_point_of_a_study_validates(study):
     spec = f"configs/scaling/{study}.py"
     arms, seeds, _ = sweep_arms(spec, None)
     points = validate_points(spec, build_points(arms, list(seeds), {}))
-    assert len(points) == {"lr_transfer": 96, "wsd": 6, "isoflop": 18}[study]
-    assert all(p.tokens_per_step == SEQ_LEN * BATCH for p in points)
+    assert len(points) == {"lr_transfer": 80, "wsd": 6, "isoflop": 15}[study]
+    assert all(p.tokens_per_step == (64 if study == "lr_transfer" else SEQ_LEN) * BATCH for p in points)
 
 
 def test_wsd_branches_name_the_long_runs_checkpoints(tmp_path):
@@ -32,7 +32,7 @@ def test_wsd_branches_name_the_long_runs_checkpoints(tmp_path):
 
 def test_isoflop_points_spend_their_budget():
     for compute in ISOFLOP_BUDGETS:
-        for width, layers in ((32, 4), (128, 8)):
+        for width, layers in ((32, 4), (96, 8)):
             steps = budget_arm(compute, width, layers)["train.steps"]
             spent = steps * SEQ_LEN * BATCH * training_flops_per_token(flops_model(width, layers), SEQ_LEN)
             assert spent == pytest.approx(compute, rel=0.05)

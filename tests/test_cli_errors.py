@@ -153,3 +153,7 @@ def test_fields_a_config_file_leaves_out_can_be_overridden():
     assert config.train.learning_rate == 3e-3  # the file's own value
     with pytest.raises(cli.CommandLineError, match="train.schedul"):
         cli.load_config_with_overrides("configs/tiny.py", ["train.schedul=wsd"])
+    # The file's typed placeholders (multihost.*: None until set) keep their types, so they stay overridable.
+    config = cli.load_config_with_overrides("configs/tiny.py", ["multihost.coordinator_address=127.0.0.1:1234",
+                                                                "multihost.process_id=1"])
+    assert config.multihost.coordinator_address == "127.0.0.1:1234" and config.multihost.process_id == 1

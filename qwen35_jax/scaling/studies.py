@@ -79,6 +79,9 @@ def wsd_sweep() -> Sweep:
     for n, start in zip(WSD_LENGTHS[:-1], branch_points, strict=True):
         arms[f"wsd_branch_{n}"] = {"train.schedule": "wsd", "train.steps": n, "train.decay_fraction": COOLDOWN,
                                    "train.branch_from": f"{{sweep_workdir}}/wsd_{longest}/checkpoints/{start}"}
+    # Muon (hidden matrices; AdamW for the rest) on the longest cosine run, at Muon's usual peak of 0.02.
+    arms[f"muon_cosine_{longest}"] = {"train.schedule": "cosine", "train.steps": longest, "train.optimizer": "muon",
+                                      "train.muon_learning_rate": 0.02}
     # One seed, the config's: each point's workdir is its arm's name, which the branches' paths name.
     return Sweep(arms, seeds=(), axis_label="schedule and length")
 

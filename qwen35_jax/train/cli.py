@@ -36,7 +36,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
-from qwen35_jax.train.config_schema import fill_defaults
+from qwen35_jax.train.config_schema import add_missing_fields
 
 DEBUG_ENV = "QWEN35_JAX_DEBUG"
 TRACEBACK_HINT = f"({DEBUG_ENV}=1 shows the traceback)"
@@ -206,9 +206,10 @@ class _ExperimentConfigParser(config_flags_impl.ConfigFileFlagParser):
     not spell the field out. Configs without a ``model`` section (not experiment configs) are left as they are."""
 
     def parse(self, path: str) -> ml_collections.ConfigDict:
-        config = super().parse(path)
-        if isinstance(config, ml_collections.ConfigDict) and "model" in config:
-            config = fill_defaults(config)
+        config = super().parse(path)  # unlocked (lock_config=False below)
+        if isinstance(config, ml_collections.ConfigDict):
+            if "model" in config:
+                add_missing_fields(config)  # in place: the file's typed placeholders stay overridable
             config.lock()
         return config
 
@@ -219,7 +220,7 @@ def define_experiment_config(name: str = "config", help_string: str = "Experimen
     """``config_flags.DEFINE_config_file`` whose config has its defaults filled (``_ExperimentConfigParser``)."""
     # ml_collections exposes the parser but not a parser argument: its flag class is built here as it builds it.
     flag = config_flags_impl._ConfigFlag(  # noqa: SLF001
-        parser=_ExperimentConfigParser(name=name, lock_config=True), serializer=flags.ArgumentSerializer(), name=name,
+        parser=_ExperimentConfigParser(name=name, lock_config=False), serializer=flags.ArgumentSerializer(), name=name,
         default=None, help_string=help_string, flag_values=flag_values, accept_new_attributes=False,
         sys_argv=sys_argv)
     return flags.DEFINE_flag(flag, flag_values)

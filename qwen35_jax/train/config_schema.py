@@ -121,6 +121,20 @@ def _check_type(field: str, value: Any, default: Any) -> None:
     _require(ok, field, value, f"must be of type {type(default).__name__} (like the default {default!r})")
 
 
+def add_missing_fields(config: ml_collections.ConfigDict) -> None:
+    """Add, in place, every field of ``DEFAULTS`` (for the data section: of its kind) that ``config`` does not set,
+    leaving what it sets untouched (typed placeholders, references); nothing is checked here (``validate_config``
+    does that). Lets the command line override a field the config file does not spell out."""
+    for section, defaults in DEFAULTS.items():
+        if section not in config:
+            config[section] = ml_collections.ConfigDict()
+        if section == "data":
+            defaults = DATA_DEFAULTS.get(config.data.get("kind", "text"), defaults)
+        for name, value in defaults.items():
+            if name not in config[section]:
+                config[section][name] = value
+
+
 def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of ``config`` with every section of ``DEFAULTS`` complete; unknown fields and types rejected."""
     unknown = sorted(set(config.keys()) - set(SECTIONS))

@@ -17,7 +17,7 @@ def test_every_point_of_a_study_validates(study):
     spec = f"configs/scaling/{study}.py"
     arms, seeds, _ = sweep_arms(spec, None)
     points = validate_points(spec, build_points(arms, list(seeds), {}))
-    assert len(points) == {"lr_transfer": 80, "wsd": 6, "isoflop": 15}[study]
+    assert len(points) == {"lr_transfer": 80, "wsd": 7, "isoflop": 15}[study]
     assert all(p.tokens_per_step == (64 if study == "lr_transfer" else SEQ_LEN) * BATCH for p in points)
 
 
